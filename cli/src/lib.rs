@@ -1,0 +1,1 @@
+//! kubectl plugin for Lodger: run, ps, nodes, migrate, signal, logs, history

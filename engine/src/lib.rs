@@ -1,0 +1,1 @@
+//! CRIU driver: migration strategies, checkpoint image layout and manifest on the volume

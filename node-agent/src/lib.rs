@@ -1,0 +1,1 @@
+//! Lodger's node agent: idle detection, node reporting, checkpoint and signal driver

@@ -1,0 +1,1 @@
+//! Lodger's operator: places MigratableJobs on idle desktops and migrates them live

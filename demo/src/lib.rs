@@ -1,0 +1,1 @@
+//! Demo workload, one-machine migration demo and engine benchmark.

@@ -45,6 +45,10 @@ pub const ANNOTATION_RESTORE_PATH: &str = "lodger.dev/restore-path";
 /// MigratableJob annotation a user (or `kubectl lodger migrate`) sets to request a manual
 /// migration; the value is a target node name or empty for "any idle node".
 pub const ANNOTATION_MIGRATE_TO: &str = "lodger.dev/migrate-to";
+/// JobSignal annotation: an opaque id its sender (stub or plugin) picks per signal. A retry after an
+/// ambiguous failure that gets AlreadyExists compares it to tell "my earlier attempt landed" from
+/// "another sender took this seq".
+pub const ANNOTATION_SIGNAL_ID: &str = "lodger.dev/signal-id";
 
 // ---- Finalizers and field managers ----
 

@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Migrations","type":"integer","jsonPath":".status.migrations"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.size() <= 52").message("metadata.name must be at most 52 characters: Lodger appends '-<generation>' and '-home' to it to name pods"),
+    validation = Rule::new("has(self.spec.homeNode) == has(oldSelf.spec.homeNode) && (!has(self.spec.homeNode) || self.spec.homeNode == oldSelf.spec.homeNode)").message("spec.homeNode is immutable: the job's home is fixed when it is created"),
+    validation = Rule::new("has(self.spec.parallelism) == has(oldSelf.spec.parallelism) && (!has(self.spec.parallelism) || self.spec.parallelism == oldSelf.spec.parallelism)").message("spec.parallelism is immutable: delete the MigratableJob and create it again to change the fan-out"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MigratableJobSpec {

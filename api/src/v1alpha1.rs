@@ -269,6 +269,11 @@ pub struct MigratableJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_checkpoint: Option<String>,
 
+    /// The node the job is moving away from (set while Checkpointing/Restoring, and while
+    /// Parked: the node it left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_node: Option<String>,
+
     /// Why the job is moving now (set while Checkpointing/Restoring).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eviction_reason: Option<CheckpointReason>,

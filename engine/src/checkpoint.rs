@@ -1,0 +1,554 @@
+//! The dump side of a migration: runs CRIU on the job's process tree per strategy, then writes
+//! the manifest last.
+//!
+//! - StopAndCopy and LazyRestore: one `criu dump` of everything to the volume (the difference is
+//!   on the restore side).
+//! - PostCopy: `criu dump --lazy-pages --address --port`; once CRIU reports (`--status-fd`) that
+//!   all but memory is on the volume and its page server listens, the manifest is written and
+//!   [`CheckpointResult::page_server`] keeps that CRIU running until the target has every page.
+//! - PreCopy: two `criu pre-dump --track-mem` rounds into `pre/1`, `pre/2` while the job runs,
+//!   then a final `dump --track-mem --prev-images-dir pre/2` that only writes pages dirtied
+//!   since. Needs soft-dirty tracking; [`crate::Engine::plan`] falls back to StopAndCopy where the
+//!   kernel lacks it (as on the machine Lodger is developed on: that path is untested there).
+//!
+//! On any failure the partial image directory (it never got a manifest) is removed and CRIU has
+//! resumed the job: a failed dump leaves the job running where it was.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+
+use crate::criu::{self, CriuError};
+use crate::layout;
+use crate::manifest::{DumpFigures, JobId, MANIFEST_FILE, Manifest, Strategy, TravelState};
+use crate::{Engine, EngineError, kernel_release, stats, unix_ms};
+
+/// Number of `pre-dump` rounds of PreCopy before the final dump.
+pub const PRE_DUMP_ROUNDS: u32 = 2;
+
+/// What to checkpoint and how.
+#[derive(Debug, Clone)]
+pub struct CheckpointSpec {
+    /// PID (in the caller's PID namespace) of the root of the tree to dump: the job's init.
+    pub pid: i32,
+    /// The job the image belongs to.
+    pub job: JobId,
+    /// Checkpoint sequence number.
+    pub seq: u64,
+    /// Image directory relative to the volume root (conventionally `<ns>/<job>/<seq>`).
+    pub path: PathBuf,
+    /// Requested strategy.
+    pub strategy: Strategy,
+    /// Keep the job running after the dump.
+    pub leave_running: bool,
+    /// Time limit of the whole checkpoint; past it CRIU is killed and the job resumes.
+    pub deadline: Option<Duration>,
+    /// A private writable directory for CRIU's logs and sockets (not on the volume).
+    pub work_dir: PathBuf,
+    /// PostCopy: address the page server listens on (port 0 = any free port).
+    pub page_server_listen: std::net::SocketAddr,
+    /// PostCopy: address the target should fetch from, if it differs from the listen address
+    /// (e.g. the pod IP when listening on 0.0.0.0).
+    pub page_server_advertise: Option<String>,
+    /// Extra CRIU dump options (e.g. `--tcp-established`, `--ext-unix-sk`).
+    pub extra_args: Vec<String>,
+}
+
+impl CheckpointSpec {
+    /// A spec with the conventional path `<ns>/<job>/<seq>`, no deadline, page server on
+    /// 127.0.0.1 with a free port, and no extra CRIU options.
+    pub fn new(
+        pid: i32,
+        job: JobId,
+        seq: u64,
+        strategy: Strategy,
+        work_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            pid,
+            path: layout::image_path(&job.namespace, &job.name, seq),
+            job,
+            seq,
+            strategy,
+            leave_running: false,
+            deadline: None,
+            work_dir: work_dir.into(),
+            page_server_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            page_server_advertise: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A finished checkpoint.
+#[derive(Debug)]
+pub struct CheckpointResult {
+    /// Image directory relative to the volume root.
+    pub path: PathBuf,
+    /// Absolute image directory.
+    pub dir: PathBuf,
+    /// Strategy used.
+    pub strategy: Strategy,
+    /// Why the requested strategy was not used, when it was not.
+    pub fallback_reason: Option<String>,
+    /// Milliseconds the job was stopped by the dump (CRIU statistics; for PostCopy, measured
+    /// until the page server was ready, the job then stays frozen until the target has resumed).
+    pub freeze_ms: u64,
+    /// Milliseconds the whole checkpoint took.
+    pub duration_ms: u64,
+    /// Unix ms at which the job stopped running on the source (None if left running).
+    pub stopped_at_unix_ms: Option<u64>,
+    /// The manifest as written.
+    pub manifest: Manifest,
+    /// PostCopy: the CRIU still serving pages; wait for it before the source goes away.
+    pub page_server: Option<PageServer>,
+    /// Notes for people (e.g. a sysctl that could not be raised).
+    pub notes: Vec<String>,
+}
+
+/// A `criu dump --lazy-pages` serving the job's memory to the target.
+#[derive(Debug)]
+pub struct PageServer {
+    child: Child,
+    /// `host:port` the target's `criu lazy-pages --page-server` connects to.
+    pub address: String,
+    log: PathBuf,
+}
+
+impl PageServer {
+    /// Waits until the target has fetched every page and CRIU has exited.
+    pub fn wait(mut self) -> Result<(), CriuError> {
+        let status = self.child.wait().map_err(|source| CriuError::Spawn {
+            action: "dump --lazy-pages".into(),
+            source,
+        })?;
+        criu::check_status("serve the job's pages", (status, String::new()), &self.log)
+    }
+
+    /// Stops serving (the target will not get its pages: only for aborting a migration).
+    pub fn abort(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Engine {
+    /// Checkpoints the tree rooted at `spec.pid` into the volume. `seal` is called once, after
+    /// CRIU has the job's state and just before the manifest is written: it returns the shim
+    /// state that travels with the image (signal watermark, queued signals, stdio pipes).
+    pub fn checkpoint(
+        &self,
+        spec: &CheckpointSpec,
+        seal: &mut dyn FnMut() -> TravelState,
+    ) -> Result<CheckpointResult, EngineError> {
+        let started = Instant::now();
+        let started_unix_ms = unix_ms();
+        let dir = layout::resolve(&self.root, &spec.path)?;
+        if dir.join(MANIFEST_FILE).exists() {
+            return Err(EngineError::Exists { path: dir });
+        }
+        if dir.exists() {
+            // NB: a directory without a manifest is an unfinished dump of this very seq (the
+            // shim runs one checkpoint at a time); it is garbage and is replaced.
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| layout::LayoutError::io("remove unfinished checkpoint", &dir, e))?;
+        }
+        layout::create_dirs(&self.root, &dir)?;
+        if let Err(e) = layout::probe_writable(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+        std::fs::create_dir_all(&spec.work_dir).map_err(|e| {
+            EngineError::io(format!("create work dir {}", spec.work_dir.display()), e)
+        })?;
+        let (strategy, fallback_reason) = self.plan(spec.strategy, spec.leave_running);
+        let mut notes = Vec::new();
+        let outcome = match strategy {
+            Strategy::StopAndCopy | Strategy::LazyRestore => {
+                self.dump(spec, &dir, started, &[]).map(|()| None)
+            }
+            Strategy::PreCopy => self.pre_copy(spec, &dir, started).map(|()| None),
+            Strategy::PostCopy => {
+                if let Some(note) = raise_pipe_max_size() {
+                    notes.push(note);
+                }
+                self.post_copy(spec, &dir, started).map(Some)
+            }
+        };
+        let page_server = match outcome {
+            Ok(ps) => ps,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(match e {
+                    EngineError::Criu(c) if c.is_no_space() => EngineError::VolumeFull {
+                        path: dir,
+                        source: c,
+                    },
+                    other => other,
+                });
+            }
+        };
+        let finish = || -> Result<(DumpFigures, Option<u64>), EngineError> {
+            let figures = match &page_server {
+                // NB: a lazy dump writes stats-dump only when the last page is served.
+                Some(_) => DumpFigures {
+                    freeze_ms: elapsed_ms(started),
+                    ..DumpFigures::default()
+                },
+                None => {
+                    let s = stats::read_dump_stats(&dir)?;
+                    DumpFigures {
+                        freezing_us: s.freezing_time_us,
+                        frozen_us: s.frozen_time_us,
+                        freeze_ms: s.freeze_ms(),
+                        duration_ms: 0,
+                        pages_written: s.pages_written,
+                        pages_lazy: s.pages_lazy,
+                    }
+                }
+            };
+            let stopped_at = (!spec.leave_running).then(|| {
+                // The job is fully stopped once CRIU has frozen it.
+                let freezing_ms = figures.freezing_us / 1000;
+                match &page_server {
+                    Some(_) => started_unix_ms,
+                    None => started_unix_ms + freezing_ms,
+                }
+            });
+            layout::restrict_modes(&dir)?;
+            Ok((figures, stopped_at))
+        };
+        let (mut figures, stopped_at) = match finish() {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(ps) = page_server {
+                    ps.abort();
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let travel = seal();
+        let write = || -> Result<Manifest, EngineError> {
+            let files = crate::manifest::describe_files(&dir)?;
+            figures.duration_ms = elapsed_ms(started);
+            let manifest = Manifest {
+                format_version: crate::manifest::FORMAT_VERSION,
+                job: spec.job.clone(),
+                seq: spec.seq,
+                strategy,
+                requested_strategy: spec.strategy,
+                fallback_reason: fallback_reason.clone(),
+                leave_running: spec.leave_running,
+                criu_version: self.criu.version().to_owned(),
+                kernel: kernel_release(),
+                created_at_unix_ms: unix_ms(),
+                stopped_at_unix_ms: stopped_at,
+                page_server: page_server.as_ref().map(|p| p.address.clone()),
+                figures,
+                image_bytes: files.iter().map(|f| f.bytes).sum(),
+                files,
+                travel,
+            };
+            manifest.write(&dir)?;
+            Ok(manifest)
+        };
+        let manifest = match write() {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(ps) = page_server {
+                    ps.abort();
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            %strategy,
+            bytes = manifest.image_bytes,
+            freeze_ms = manifest.figures.freeze_ms,
+            "checkpoint written"
+        );
+        Ok(CheckpointResult {
+            path: spec.path.clone(),
+            dir,
+            strategy,
+            fallback_reason,
+            freeze_ms: manifest.figures.freeze_ms,
+            duration_ms: manifest.figures.duration_ms,
+            stopped_at_unix_ms: stopped_at,
+            manifest,
+            page_server,
+            notes,
+        })
+    }
+
+    fn base_args(
+        &self,
+        action: &str,
+        spec: &CheckpointSpec,
+        dir: &Path,
+        log: &str,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            action.into(),
+            "-t".into(),
+            spec.pid.to_string().into(),
+            "-D".into(),
+            dir.into(),
+            "-W".into(),
+            spec.work_dir.clone().into(),
+            "-o".into(),
+            log.into(),
+            "-v4".into(),
+            "--manage-cgroups=ignore".into(),
+        ];
+        // CRIU's own bound on the freeze phase, in whole seconds.
+        let freeze_secs = spec
+            .deadline
+            .map(|d| d.as_secs().clamp(1, 10))
+            .unwrap_or(10);
+        args.push("--timeout".into());
+        args.push(freeze_secs.to_string().into());
+        args.extend(spec.extra_args.iter().map(OsString::from));
+        args
+    }
+
+    fn dump(
+        &self,
+        spec: &CheckpointSpec,
+        dir: &Path,
+        started: Instant,
+        extra: &[OsString],
+    ) -> Result<(), EngineError> {
+        let mut args = self.base_args("dump", spec, dir, "dump.log");
+        if spec.leave_running {
+            args.push("--leave-running".into());
+        }
+        args.extend(extra.iter().cloned());
+        let log = spec.work_dir.join("dump.log");
+        self.criu.run(
+            "dump the job",
+            args,
+            &log,
+            remaining(spec.deadline, started),
+        )?;
+        Ok(())
+    }
+
+    fn pre_copy(
+        &self,
+        spec: &CheckpointSpec,
+        dir: &Path,
+        started: Instant,
+    ) -> Result<(), EngineError> {
+        for round in 1..=PRE_DUMP_ROUNDS {
+            let round_dir = dir.join("pre").join(round.to_string());
+            layout::create_dirs(dir, &round_dir)?;
+            let log = format!("pre-dump-{round}.log");
+            let mut args = self.base_args("pre-dump", spec, &round_dir, &log);
+            args.push("--track-mem".into());
+            if round > 1 {
+                args.push("--prev-images-dir".into());
+                args.push(format!("../{}", round - 1).into());
+            }
+            self.criu.run(
+                "pre-dump the job",
+                args,
+                &spec.work_dir.join(&log),
+                remaining(spec.deadline, started),
+            )?;
+        }
+        let extra: Vec<OsString> = vec![
+            "--track-mem".into(),
+            "--prev-images-dir".into(),
+            format!("pre/{PRE_DUMP_ROUNDS}").into(),
+        ];
+        self.dump(spec, dir, started, &extra)
+    }
+
+    fn post_copy(
+        &self,
+        spec: &CheckpointSpec,
+        dir: &Path,
+        started: Instant,
+    ) -> Result<PageServer, EngineError> {
+        let (status_rx, status_tx) = status_pipe()?;
+        let mut args = self.base_args("dump", spec, dir, "dump.log");
+        args.extend([
+            "--lazy-pages".into(),
+            "--address".into(),
+            spec.page_server_listen.ip().to_string().into(),
+            "--port".into(),
+            spec.page_server_listen.port().to_string().into(),
+            "--status-fd".into(),
+            status_tx.as_raw_fd().to_string().into(),
+        ]);
+        let log = spec.work_dir.join("dump.log");
+        let child = self
+            .criu
+            .command()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|source| CriuError::Spawn {
+                action: "dump --lazy-pages".into(),
+                source,
+            })?;
+        drop(status_tx);
+        let mut ps = PageServer {
+            child,
+            address: String::new(),
+            log: log.clone(),
+        };
+        match wait_ready(status_rx, remaining(spec.deadline, started)) {
+            Ready::Yes => {}
+            Ready::Failed => {
+                let status = ps
+                    .child
+                    .wait()
+                    .map_err(|e| EngineError::io("wait for criu dump", e))?;
+                criu::check_status("dump the job (lazy pages)", (status, String::new()), &log)?;
+                return Err(EngineError::io(
+                    "dump the job (lazy pages)",
+                    std::io::Error::other("CRIU exited without reporting readiness"),
+                ));
+            }
+            Ready::TimedOut(limit) => {
+                ps.abort();
+                return Err(CriuError::Timeout {
+                    action: "dump the job (lazy pages)".into(),
+                    timeout: limit,
+                    log,
+                }
+                .into());
+            }
+        }
+        let port = match spec.page_server_listen.port() {
+            0 => match port_from_log(&log) {
+                Some(p) => p,
+                None => {
+                    ps.abort();
+                    return Err(EngineError::io(
+                        "find the page server's port",
+                        std::io::Error::other(format!(
+                            "no \"Using N port\" line in {}",
+                            log.display()
+                        )),
+                    ));
+                }
+            },
+            p => p,
+        };
+        let host = spec
+            .page_server_advertise
+            .clone()
+            .unwrap_or_else(|| spec.page_server_listen.ip().to_string());
+        ps.address = format!("{host}:{port}");
+        Ok(ps)
+    }
+}
+
+/// Outcome of waiting on a CRIU `--status-fd`.
+pub(crate) enum Ready {
+    Yes,
+    Failed,
+    TimedOut(Duration),
+}
+
+/// A pipe for CRIU's `--status-fd`: the read end (ours, close-on-exec) and the write end (for
+/// CRIU, inheritable).
+pub(crate) fn status_pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
+    let (rx, tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| EngineError::io("create a status pipe for CRIU", e.into()))?;
+    fcntl(&tx, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map_err(|e| EngineError::io("make the status pipe inheritable", e.into()))?;
+    Ok((rx, tx))
+}
+
+/// Waits until CRIU writes its readiness byte or closes the pipe.
+pub(crate) fn wait_ready(rx: OwnedFd, timeout: Option<Duration>) -> Ready {
+    let (tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::from(rx);
+        let mut byte = [0u8; 1];
+        let ok = matches!(file.read(&mut byte), Ok(1));
+        let _ = tx.send(ok);
+    });
+    let got = match timeout {
+        Some(limit) => match done.recv_timeout(limit) {
+            Ok(v) => v,
+            Err(_) => return Ready::TimedOut(limit),
+        },
+        None => done.recv().unwrap_or(false),
+    };
+    if got { Ready::Yes } else { Ready::Failed }
+}
+
+fn port_from_log(log: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().find_map(|line| {
+        let rest = line.split("Using ").nth(1)?;
+        rest.strip_suffix(" port")?.trim().parse().ok()
+    })
+}
+
+fn remaining(deadline: Option<Duration>, started: Instant) -> Option<Duration> {
+    deadline.map(|d| {
+        d.saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1))
+    })
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Remote lazy pages need `fs.pipe-max-size` >= 4 MiB; raises it if it can, else returns a note.
+pub fn raise_pipe_max_size() -> Option<String> {
+    const PATH: &str = "/proc/sys/fs/pipe-max-size";
+    const WANT: u64 = 4 * 1024 * 1024;
+    let current: u64 = std::fs::read_to_string(PATH).ok()?.trim().parse().ok()?;
+    if current >= WANT {
+        return None;
+    }
+    match std::fs::write(PATH, WANT.to_string()) {
+        Ok(()) => {
+            tracing::info!(
+                from = current,
+                to = WANT,
+                "raised fs.pipe-max-size for lazy pages"
+            );
+            None
+        }
+        Err(e) => Some(format!(
+            "could not raise fs.pipe-max-size from {current} to {WANT} ({e}); remote lazy pages \
+             may fail: set `sysctl fs.pipe-max-size={WANT}` on the node"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The page server's port is taken from CRIU's log when it picked a free one; a wrong parse
+    /// would send the target to the wrong port.
+    #[test]
+    fn port_is_parsed_from_criu_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dump.log");
+        std::fs::write(&log, "(00.01) foo\n(00.02) Using 43127 port\n").unwrap();
+        assert_eq!(port_from_log(&log), Some(43127));
+        std::fs::write(&log, "(00.01) nothing here\n").unwrap();
+        assert_eq!(port_from_log(&log), None);
+    }
+}

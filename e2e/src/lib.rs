@@ -1,1 +1,521 @@
-//! Lodger's real-cluster end-to-end suite (needs KUBECONFIG and LODGER_IMAGE)
+//! Lodger's real-cluster end-to-end suite (needs KUBECONFIG and LODGER_IMAGE).
+//!
+//! `make e2e` (scripts/e2e.sh) installs the chart with idle detection off, then runs
+//! `cargo test -p lodger-e2e -- --test-threads=1`. Each scenario (tests/scenarios.rs) runs in its
+//! own temporary namespace, labelled for Pod Security `privileged` and with
+//! [`LABEL_E2E`]/[`LABEL_SCENARIO`], deleted by label afterwards; on failure the namespace's pod
+//! logs and events are printed first. Scenarios that need idle nodes mark them idle with the same
+//! label and annotation the node agent writes, and every node they touch is put back as it was.
+//!
+//! Without KUBECONFIG (or LODGER_IMAGE) every scenario prints "skipped" and passes, so
+//! `make test` can build and run this crate anywhere.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Taint};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use lodger_api::{
+    ANNOTATION_IDLE_SINCE, LABEL_IDLE, LABEL_WORKSTATION, MigratableJob, TAINT_OWNER_ACTIVE,
+};
+use serde_json::json;
+
+/// Label on every namespace the suite creates.
+pub const LABEL_E2E: &str = "lodger.dev/e2e";
+/// Label naming the scenario a namespace belongs to (cleanup deletes by it).
+pub const LABEL_SCENARIO: &str = "lodger.dev/e2e-scenario";
+/// Field manager of the suite's writes.
+pub const MANAGER: &str = "lodger-e2e";
+
+/// What a scenario needs: a client, the Lodger image (which also carries lodger-workload).
+#[derive(Clone)]
+pub struct Env {
+    /// Client from KUBECONFIG.
+    pub client: Client,
+    /// The Lodger image under test (`LODGER_IMAGE`).
+    pub image: String,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Env {
+    /// The environment, or `None` (after printing why the scenario is skipped) when KUBECONFIG
+    /// or LODGER_IMAGE is unset.
+    ///
+    /// # Panics
+    /// When KUBECONFIG is set but no client can be built from it: a broken configuration is a
+    /// failure, not a skip.
+    pub async fn from_env(scenario: &str) -> Option<Env> {
+        let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_default();
+        let image = std::env::var("LODGER_IMAGE").unwrap_or_default();
+        if kubeconfig.is_empty() || image.is_empty() {
+            eprintln!(
+                "{scenario}: skipped (KUBECONFIG and LODGER_IMAGE must both be set; see docs/lab-cluster.md)"
+            );
+            return None;
+        }
+        let client = Client::try_default()
+            .await
+            .unwrap_or_else(|e| panic!("KUBECONFIG={kubeconfig} is set but unusable: {e}"));
+        Some(Env { client, image })
+    }
+
+    /// Run `body` in a fresh namespace; dump logs and events if it fails or panics; put back
+    /// every node the scenario changed; delete the namespace by label and wait until it is gone.
+    ///
+    /// # Panics
+    /// When the scenario failed (after cleaning up), or cleanup left something behind.
+    pub async fn scenario<F, Fut>(&self, name: &str, body: F)
+    where
+        F: FnOnce(Scenario) -> Fut,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        // A previous run that crashed may have left this scenario's namespace behind.
+        delete_namespaces(&namespaces, name)
+            .await
+            .expect("stale namespaces are removed");
+
+        let ns_name = format!("e2e-{name}-{}", std::process::id());
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(ns_name.clone()),
+                labels: Some(BTreeMap::from([
+                    (LABEL_E2E.to_string(), "true".to_string()),
+                    (LABEL_SCENARIO.to_string(), name.to_string()),
+                    // Workload pods need SYS_ADMIN and seccomp Unconfined (docs/security.md).
+                    (
+                        "pod-security.kubernetes.io/enforce".to_string(),
+                        "privileged".to_string(),
+                    ),
+                ])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace is created");
+        let nodes = NodeSnapshot::take(&self.client)
+            .await
+            .expect("nodes can be listed");
+
+        let sc = Scenario {
+            env: self.clone(),
+            ns: ns_name.clone(),
+        };
+        let outcome = tokio::spawn(body(sc)).await;
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(format!("{err:#}")),
+            Err(join) => Some(format!("panicked: {join}")),
+        };
+        if let Some(why) = &failure {
+            eprintln!("scenario {name} failed: {why}");
+            dump_namespace(&self.client, &ns_name).await;
+        }
+        let restored = nodes.restore(&self.client).await;
+        let deleted = delete_namespaces(&namespaces, name).await;
+        if let Some(why) = failure {
+            panic!("scenario {name} failed: {why}");
+        }
+        restored.expect("nodes are put back as they were");
+        deleted.expect("the scenario's namespace is deleted");
+    }
+}
+
+/// One running scenario: its namespace and the environment.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The environment.
+    pub env: Env,
+    /// The scenario's namespace.
+    pub ns: String,
+}
+
+impl Scenario {
+    /// MigratableJobs of the scenario's namespace.
+    pub fn jobs(&self) -> Api<MigratableJob> {
+        Api::namespaced(self.env.client.clone(), &self.ns)
+    }
+
+    /// Pods of the scenario's namespace.
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.env.client.clone(), &self.ns)
+    }
+
+    /// All nodes.
+    pub fn nodes(&self) -> Api<Node> {
+        Api::all(self.env.client.clone())
+    }
+
+    /// Create a MigratableJob from JSON (namespace filled in).
+    pub async fn create_job(&self, mut body: serde_json::Value) -> Result<MigratableJob> {
+        body["metadata"]["namespace"] = json!(self.ns);
+        let job: MigratableJob =
+            serde_json::from_value(body).context("job JSON is a MigratableJob")?;
+        Ok(self.jobs().create(&PostParams::default(), &job).await?)
+    }
+
+    /// Poll the job until `pred` holds (every 500 ms), or fail after `timeout` with its status.
+    pub async fn wait_job(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&MigratableJob) -> bool,
+    ) -> Result<MigratableJob> {
+        let start = Instant::now();
+        loop {
+            let job = self.jobs().get(name).await?;
+            if pred(&job) {
+                return Ok(job);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "timed out after {timeout:?} waiting for {name}: {what}; status: {}",
+                    serde_json::to_string_pretty(&job.status).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Poll a pod until `pred` holds.
+    pub async fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Pod) -> bool,
+    ) -> Result<Pod> {
+        let start = Instant::now();
+        loop {
+            if let Some(pod) = self.pods().get_opt(name).await? {
+                if pred(&pod) {
+                    return Ok(pod);
+                }
+                if start.elapsed() > timeout {
+                    bail!(
+                        "timed out after {timeout:?} waiting for pod {name}: {what}; status: {:?}",
+                        pod.status
+                    );
+                }
+            } else if start.elapsed() > timeout {
+                bail!("timed out after {timeout:?} waiting for pod {name} to exist ({what})");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The whole log of a pod's first container.
+    pub async fn logs(&self, pod: &str) -> Result<String> {
+        Ok(self.pods().logs(pod, &LogParams::default()).await?)
+    }
+
+    /// Run `sh -c script` in a pod's first container; fails when it exits non-zero.
+    pub async fn exec_sh(&self, pod: &str, script: &str) -> Result<()> {
+        use kube::api::AttachParams;
+        let mut attached = self
+            .pods()
+            .exec(
+                pod,
+                ["sh", "-c", script],
+                &AttachParams::default().stdout(true).stderr(true),
+            )
+            .await?;
+        let status = attached
+            .take_status()
+            .ok_or_else(|| anyhow!("no status channel"))?;
+        let status = status.await;
+        attached.join().await?;
+        match status {
+            Some(s) if s.status.as_deref() == Some("Success") => Ok(()),
+            other => bail!("exec {script:?} in {pod} failed: {other:?}"),
+        }
+    }
+}
+
+/// A MigratableJob running lodger-workload from the Lodger image.
+pub fn workload_job(
+    env: &Env,
+    name: &str,
+    home: Option<&str>,
+    extra_args: &[&str],
+) -> serde_json::Value {
+    let mut command = vec![
+        "lodger-workload".to_string(),
+        "--mem-mib".into(),
+        "32".into(),
+        "--tick-ms".into(),
+        "200".into(),
+        "--verify-every".into(),
+        "5".into(),
+        "--file".into(),
+        "/tmp/lodger-ticks".into(),
+    ];
+    command.extend(extra_args.iter().map(|s| s.to_string()));
+    let mut job = json!({
+        "apiVersion": "lodger.dev/v1alpha1",
+        "kind": "MigratableJob",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {"spec": {"containers": [{
+                "name": "main",
+                "image": env.image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": command,
+                "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}},
+            }]}},
+            "placement": {"minIdleSeconds": 0},
+            "migration": {"strategy": "StopAndCopy", "gracePeriodSeconds": 60},
+        },
+    });
+    if let Some(home) = home {
+        job["spec"]["homeNode"] = json!(home);
+    }
+    job
+}
+
+// ---- nodes ----
+
+/// Names of the nodes labelled `lodger.dev/workstation=true` that are Ready, sorted.
+pub async fn workstations(client: &Client) -> Result<Vec<String>> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&ListParams::default().labels(&format!("{LABEL_WORKSTATION}=true")))
+        .await?;
+    let mut names: Vec<String> = list
+        .items
+        .iter()
+        .filter(|n| is_ready(n))
+        .map(|n| n.name_any())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Whether the node's Ready condition is True.
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Mark a node idle (since an hour ago) or busy, exactly as the node agent would.
+pub async fn set_idle(client: &Client, node: &str, idle: bool) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3600);
+    let patch = if idle {
+        json!({"metadata": {
+            "labels": {LABEL_IDLE: "true"},
+            "annotations": {ANNOTATION_IDLE_SINCE: since.to_string()},
+        }})
+    } else {
+        json!({"metadata": {
+            "labels": {LABEL_IDLE: "false"},
+            "annotations": {ANNOTATION_IDLE_SINCE: null},
+        }})
+    };
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Add or remove the `lodger.dev/owner-active:NoSchedule` taint (the owner came back / left).
+pub async fn set_owner_active(client: &Client, node: &str, active: bool) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let current = nodes.get(node).await?;
+    let mut taints: Vec<Taint> = current.spec.and_then(|s| s.taints).unwrap_or_default();
+    taints.retain(|t| t.key != TAINT_OWNER_ACTIVE);
+    if active {
+        taints.push(Taint {
+            key: TAINT_OWNER_ACTIVE.to_string(),
+            effect: "NoSchedule".to_string(),
+            ..Default::default()
+        });
+    }
+    let patch = json!({"metadata": {"resourceVersion": current.metadata.resource_version}, "spec": {"taints": taints}});
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Cordon (`kubectl cordon`) or uncordon a node.
+pub async fn set_cordoned(client: &Client, node: &str, cordoned: bool) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch =
+        json!({"spec": {"unschedulable": if cordoned { json!(true) } else { json!(null) }}});
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// What a scenario may change on nodes, recorded before it runs and written back after.
+#[derive(Debug)]
+struct NodeSnapshot {
+    nodes: Vec<Node>,
+}
+
+impl NodeSnapshot {
+    async fn take(client: &Client) -> Result<Self> {
+        let nodes: Api<Node> = Api::all(client.clone());
+        Ok(Self {
+            nodes: nodes.list(&ListParams::default()).await?.items,
+        })
+    }
+
+    /// Put back the idle label/annotation, the owner-active taint and `unschedulable`; re-create
+    /// a Node object a scenario deleted (its kubelet keeps reporting status into it).
+    async fn restore(&self, client: &Client) -> Result<()> {
+        let api: Api<Node> = Api::all(client.clone());
+        for old in &self.nodes {
+            let name = old.name_any();
+            let Some(now) = api.get_opt(&name).await? else {
+                let mut fresh = Node {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        labels: old.metadata.labels.clone(),
+                        annotations: old.metadata.annotations.clone(),
+                        ..Default::default()
+                    },
+                    spec: old.spec.clone(),
+                    status: None,
+                };
+                if let Some(spec) = fresh.spec.as_mut() {
+                    // The node controller re-adds its own taints; keep only the admin's.
+                    if let Some(t) = spec.taints.as_mut() {
+                        t.retain(|t| !t.key.starts_with("node.kubernetes.io/"));
+                    }
+                }
+                api.create(&PostParams::default(), &fresh)
+                    .await
+                    .with_context(|| format!("re-creating node {name}"))?;
+                continue;
+            };
+            let label = |n: &Node| n.labels().get(LABEL_IDLE).cloned();
+            let annotation = |n: &Node| n.annotations().get(ANNOTATION_IDLE_SINCE).cloned();
+            let owner_taint = |n: &Node| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|ts| ts.iter().any(|t| t.key == TAINT_OWNER_ACTIVE))
+            };
+            let cordoned = |n: &Node| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false)
+            };
+            if label(old) != label(&now) || annotation(old) != annotation(&now) {
+                let patch = json!({"metadata": {
+                    "labels": {LABEL_IDLE: label(old)},
+                    "annotations": {ANNOTATION_IDLE_SINCE: annotation(old)},
+                }});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+            if owner_taint(old) != owner_taint(&now) {
+                set_owner_active(client, &name, owner_taint(old)).await?;
+            }
+            if cordoned(old) != cordoned(&now) {
+                set_cordoned(client, &name, cordoned(old)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- cleanup and diagnostics ----
+
+async fn delete_namespaces(api: &Api<Namespace>, scenario: &str) -> Result<()> {
+    let lp = ListParams::default().labels(&format!("{LABEL_E2E}=true,{LABEL_SCENARIO}={scenario}"));
+    let _ = api.delete_collection(&DeleteParams::default(), &lp).await?;
+    let start = Instant::now();
+    loop {
+        let left = api.list(&lp).await?.items;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            let names: Vec<String> = left.iter().map(|n| n.name_any()).collect();
+            bail!(
+                "namespaces {names:?} still exist 180 s after deletion (a finalizer that never ran?)"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Print the namespace's MigratableJobs, pods (with logs of every container) and events.
+async fn dump_namespace(client: &Client, ns: &str) {
+    let jobs: Api<MigratableJob> = Api::namespaced(client.clone(), ns);
+    if let Ok(list) = jobs.list(&ListParams::default()).await {
+        for j in list {
+            eprintln!(
+                "--- MigratableJob {}: {}",
+                j.name_any(),
+                serde_json::to_string_pretty(&j.status).unwrap_or_default()
+            );
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    if let Ok(list) = pods.list(&ListParams::default()).await {
+        for p in list {
+            let name = p.name_any();
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            eprintln!("--- pod {name} on {node}: {phase}");
+            let containers = p
+                .spec
+                .as_ref()
+                .map(|s| s.containers.clone())
+                .unwrap_or_default();
+            for c in containers {
+                let lp = LogParams {
+                    container: Some(c.name.clone()),
+                    tail_lines: Some(200),
+                    ..Default::default()
+                };
+                match pods.logs(&name, &lp).await {
+                    Ok(text) => eprintln!("--- logs {name}/{}:\n{text}", c.name),
+                    Err(e) => eprintln!("--- logs {name}/{}: unavailable: {e}", c.name),
+                }
+            }
+        }
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    if let Ok(list) = events.list(&ListParams::default()).await {
+        for e in list {
+            eprintln!(
+                "--- event {} {} {}: {}",
+                e.type_.unwrap_or_default(),
+                e.involved_object.name.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            );
+        }
+    }
+}

@@ -1,1 +1,222 @@
-//! Lodger's operator: places MigratableJobs on idle desktops and migrates them live
+//! Lodger's operator: places MigratableJobs on idle desktops and migrates them live.
+//!
+//! Data flow: Nodes (idle label/annotation and taints from the node agent), pods and
+//! MigratableJobs come in through watches and caches; [`placement`] (pure) picks idle nodes;
+//! [`machine`] (pure) decides each job's next step; [`reconcile`] applies it with server-side
+//! apply and writes status; [`checkpoints`] removes a Checkpoint's files when it goes. Only the
+//! replica holding the [`lease`] acts. [`server`] exports metrics and health.
+//!
+//! Not done here (see docs/operator.md): a job-level finalizer removing the job's (by then
+//! empty) checkpoint directory; reacting to a target node that is lost *while* a restore is in
+//! flight (the restore simply waits for the pod, which the taint manager then fails).
+
+pub mod checkpoints;
+pub mod config;
+pub mod desired;
+pub mod lease;
+pub mod machine;
+pub mod metrics;
+pub mod placement;
+pub mod quantity;
+pub mod reconcile;
+pub mod server;
+pub mod telemetry;
+pub mod validate;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod mock_tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use lodger_api::{Checkpoint, LABEL_PARENT, LABEL_ROLE, MigratableJob};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use reconcile::Context;
+
+/// Errors that end the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No usable kubeconfig or in-cluster config.
+    #[error("failed to create a Kubernetes client")]
+    Client(#[source] kube::Error),
+    /// Leader election failed.
+    #[error("failed to become leader")]
+    Lease(#[from] lease::Error),
+    /// A cache never synced.
+    #[error("failed to sync the {0} cache")]
+    Cache(&'static str),
+    /// The metrics server failed.
+    #[error("failed to serve metrics")]
+    Server(#[source] std::io::Error),
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the operator until SIGTERM/SIGINT or loss of leadership.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("signal received: shutting down");
+            shutdown.cancel();
+        });
+    }
+    let server = tokio::spawn(server::serve(
+        config.metrics_addr,
+        metrics.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    ));
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.lease_namespace);
+    lease::acquire(&leases, &config.lease_name, &config.identity, &shutdown).await?;
+    let holder = tokio::spawn(lease::hold(
+        leases.clone(),
+        config.lease_name.clone(),
+        config.identity.clone(),
+        shutdown.clone(),
+    ));
+
+    // Caches for placement. NB: controllers start only once they are synced: an empty node
+    // cache would make every running job look like it sits on a lost node.
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let node_stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .touched_objects();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_config =
+        watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    let pod_stream = watcher(Api::<Pod>::all(client.clone()), pod_config)
+        .default_backoff()
+        .reflect(pod_writer)
+        .touched_objects();
+    for (what, stream) in [
+        ("node", node_stream.map(|r| r.map(|_| ())).boxed()),
+        ("pod", pod_stream.map(|r| r.map(|_| ())).boxed()),
+    ] {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    item = stream.next() => match item {
+                        None => return,
+                        Some(Err(e)) => warn!(cache = what, error = %e, "watch error"),
+                        Some(Ok(())) => {}
+                    }
+                }
+            }
+        });
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        r = async { (nodes.wait_until_ready().await, pods.wait_until_ready().await) } => {
+            if r.0.is_err() { return Err(RunError::Cache("node")); }
+            if r.1.is_err() { return Err(RunError::Cache("pod")); }
+        }
+    }
+
+    let job_api = Api::<DeserializeGuard<MigratableJob>>::all(client.clone());
+    let controller = Controller::new(job_api, watcher::Config::default());
+    let job_store = controller.store();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.settings(),
+        metrics.clone(),
+        nodes,
+        pods,
+        job_store.clone(),
+    ));
+    let node_jobs = job_store.clone();
+    let stop = shutdown.clone();
+    let jobs = controller
+        .owns(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(LABEL_ROLE),
+        )
+        .owns(
+            Api::<Checkpoint>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<DeserializeGuard<MigratableJob>>::all(client.clone()),
+            watcher::Config::default().labels(LABEL_PARENT),
+        )
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |node| reconcile::jobs_for_node(&node_jobs, &node.name_any()),
+        )
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "job controller error");
+            }
+        });
+    let stop = shutdown.clone();
+    let cks = Controller::new(
+        Api::<Checkpoint>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(async move { stop.cancelled().await })
+    .run(
+        checkpoints::reconcile,
+        checkpoints::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            warn!(error = %e, "checkpoint controller error");
+        }
+    });
+    ready.store(true, Ordering::Relaxed);
+    info!("leading: controllers running");
+    futures::join!(jobs, cks);
+    ready.store(false, Ordering::Relaxed);
+    shutdown.cancel();
+    let _ = holder.await;
+    lease::release(&leases, &config.lease_name, &config.identity).await;
+    match server.await {
+        Ok(Err(e)) => Err(RunError::Server(e)),
+        _ => Ok(()),
+    }
+}

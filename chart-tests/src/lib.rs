@@ -112,6 +112,36 @@ pub fn template_raw(set: &[(&str, &str)]) -> HelmOutput {
     )
 }
 
+/// `helm template` with a values file (`-f`) on top of the defaults, parsed.
+///
+/// # Panics
+/// When helm fails or a document is not valid YAML.
+pub fn render_with_file(values: &Path) -> Vec<Value> {
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("workspace path is UTF-8");
+    let values = values.to_str().expect("workspace path is UTF-8");
+    let out = run_helm(
+        &[
+            "template",
+            RELEASE,
+            chart,
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+            "-f",
+            values,
+        ],
+        &[],
+    );
+    assert!(
+        out.success,
+        "helm template -f {values} failed:\n{}",
+        out.stderr
+    );
+    parse_documents(&out.stdout)
+}
+
 /// Every object `helm template` renders with these values (CRDs included), parsed.
 ///
 /// # Panics

@@ -6,4 +6,13 @@
 //! through their shims' control sockets ([`driver`]). [`agent::run`] wires them together;
 //! `main.rs` only parses flags.
 
+pub mod agent;
+pub mod config;
+pub mod driver;
+pub mod http;
 pub mod idle;
+pub mod metrics;
+pub mod report;
+
+#[cfg(test)]
+mod testing;

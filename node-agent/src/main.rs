@@ -1,0 +1,29 @@
+//! `lodger-node-agent`: parses flags, sets up logging, runs the agent; a fatal error goes to the
+//! termination log (shown by `kubectl describe pod`) and the exit code is 1.
+
+use clap::Parser;
+use lodger_node_agent::agent;
+use lodger_node_agent::config::{Args, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    let termination_log = args.termination_log.clone();
+    if let Err(e) = agent::run(args).await {
+        let report = format!("{:#}", anyhow::Error::new(e));
+        tracing::error!(error = %report, "node agent stopped");
+        // Best effort: outside Kubernetes the termination log may not be writable.
+        let _ = std::fs::write(&termination_log, format!("{report}\n"));
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -6,9 +6,9 @@
 #
 # Optional:
 #   LODGER_E2E_NAMESPACE  release namespace (default lodger-system)
-#   LODGER_E2E_VALUES     extra values file for the chart (kind: e2e/kind/values.yaml)
-#   LODGER_E2E_SETUP      manifest applied before the install and deleted after it (kind:
-#                         e2e/kind/storage.yaml, the shared checkpoint volume)
+#   LODGER_E2E_VALUES     extra values file for the chart (kind: e2e/kind/values.yaml; a lab:
+#                         its checkpoints.sharedSource, see docs/lab-cluster.md)
+#   LODGER_E2E_SETUP      manifest applied before the install and deleted after it
 #   LODGER_HELM           helm binary (default tools/node_modules/.bin/helm, from `make tools`)
 #   KUBECTL               kubectl binary (default: kubectl on PATH)
 #
@@ -78,7 +78,7 @@ cleanup() {
         left+=" helm-release"
     fi
     local objs
-    objs=$("$KUBECTL" get clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding \
+    objs=$("$KUBECTL" get clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding,pv \
         -l "app.kubernetes.io/instance=$RELEASE" -o name 2>/dev/null)
     [ -z "$objs" ] || left+=" $objs"
     objs=$("$KUBECTL" get crd -o name 2>/dev/null | grep '\.lodger\.dev$' || true)

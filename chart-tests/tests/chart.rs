@@ -258,6 +258,7 @@ fn default_render_has_every_component() {
                 | "CustomResourceDefinition"
                 | "ValidatingAdmissionPolicy"
                 | "ValidatingAdmissionPolicyBinding"
+                | "PersistentVolume"
         );
         if namespaced {
             assert_eq!(
@@ -772,6 +773,67 @@ fn checkpoint_claim_values() {
     );
 }
 
+/// With sharedSource, the release namespace and every job namespace get a claim of the one
+/// name the operator puts in workload pods, each pre-bound to its own static PV on the same
+/// shared source, never deleted with the PV (Retain).
+/// If this fails, workload pods in a job namespace would mount no claim, or different storage.
+#[test]
+fn shared_source_makes_a_claim_per_namespace() {
+    let objects = render(&[
+        ("checkpoints.sharedSource.nfs.server", "nas.lab"),
+        ("checkpoints.sharedSource.nfs.path", "/export/lodger"),
+        ("checkpoints.jobNamespaces[0]", "batch"),
+        ("checkpoints.jobNamespaces[1]", NAMESPACE),
+    ]);
+    let pvcs = of_kind(&objects, "PersistentVolumeClaim");
+    let pvs = of_kind(&objects, "PersistentVolume");
+    let namespaces: BTreeSet<&str> = pvcs
+        .iter()
+        .map(|p| p["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        namespaces,
+        BTreeSet::from([NAMESPACE, "batch"]),
+        "one claim per namespace, no duplicates"
+    );
+    assert_eq!(pvs.len(), 2);
+    for pvc in pvcs {
+        assert_eq!(pvc["metadata"]["name"], "lodger-checkpoints");
+        assert_eq!(
+            pvc["spec"]["storageClassName"], "",
+            "no dynamic provisioning of a private volume"
+        );
+        let pv = get(
+            &objects,
+            "PersistentVolume",
+            pvc["spec"]["volumeName"].as_str().unwrap(),
+        );
+        assert_eq!(
+            pv["spec"]["claimRef"]["namespace"],
+            pvc["metadata"]["namespace"]
+        );
+        assert_eq!(pv["spec"]["claimRef"]["name"], "lodger-checkpoints");
+        assert_eq!(
+            pv["spec"]["accessModes"],
+            serde_json::json!(["ReadWriteMany"])
+        );
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(
+            pv["spec"]["nfs"],
+            serde_json::json!({"server": "nas.lab", "path": "/export/lodger"})
+        );
+    }
+    let operator = container(get(&objects, "Deployment", OPERATOR), "operator");
+    let env = operator["env"].as_array().into_iter().flatten();
+    let args = operator["args"].as_array().into_iter().flatten();
+    assert!(
+        env.chain(args)
+            .any(|v| v == "--checkpoint-claim=lodger-checkpoints"
+                || (v["name"] == "LODGER_CHECKPOINT_CLAIM" && v["value"] == "lodger-checkpoints")),
+        "the operator must be told the claim name"
+    );
+}
+
 /// The operator has liveness /healthz and readiness /readyz on its metrics port, leader
 /// election through a Lease in the release namespace, and replicas from values.
 /// If this fails, the kubelet could not tell a wedged operator, or two replicas would both act.
@@ -822,6 +884,11 @@ fn schema_refuses_bad_values() {
         ("agent.detection.inputAccess", "root", "inputAccess"),
         ("kubeletRootDir", "relative/path", "kubeletRootDir"),
         ("agent.idleAfterSecs", "30", "idleAfterSecs"),
+        (
+            "checkpoints.jobNamespaces[0]",
+            "Not_A_Namespace",
+            "jobNamespaces",
+        ),
     ] {
         let out = template_raw(&[(key, value)]);
         assert!(!out.success, "helm template accepted {key}={value}");

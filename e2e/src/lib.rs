@@ -15,7 +15,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Taint};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Taint,
+};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use lodger_api::{
@@ -114,11 +117,13 @@ impl Env {
             env: self.clone(),
             ns: ns_name.clone(),
         };
-        let outcome = tokio::spawn(body(sc)).await;
-        let failure = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(err)) => Some(format!("{err:#}")),
-            Err(join) => Some(format!("panicked: {join}")),
+        let failure = match share_checkpoint_volume(&self.client, &ns_name, name).await {
+            Err(err) => Some(format!("the checkpoint claim could not be made: {err:#}")),
+            Ok(()) => match tokio::spawn(body(sc)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) => Some(format!("{err:#}")),
+                Err(join) => Some(format!("panicked: {join}")),
+            },
         };
         if let Some(why) = &failure {
             eprintln!("scenario {name} failed: {why}");
@@ -126,11 +131,19 @@ impl Env {
         }
         let restored = nodes.restore(&self.client).await;
         let deleted = delete_namespaces(&namespaces, name).await;
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        let unshared = pvs
+            .delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels(&format!("{LABEL_E2E}=true,{LABEL_SCENARIO}={name}")),
+            )
+            .await;
         if let Some(why) = failure {
             panic!("scenario {name} failed: {why}");
         }
         restored.expect("nodes are put back as they were");
         deleted.expect("the scenario's namespace is deleted");
+        unshared.expect("the scenario's PersistentVolume is deleted");
     }
 }
 
@@ -438,6 +451,115 @@ impl NodeSnapshot {
         }
         Ok(())
     }
+}
+
+// ---- the checkpoint volume in scenario namespaces ----
+
+/// The release namespace (where the chart is installed): `LODGER_E2E_NAMESPACE` or
+/// `lodger-system`.
+pub fn release_namespace() -> String {
+    std::env::var("LODGER_E2E_NAMESPACE").unwrap_or_else(|_| "lodger-system".to_string())
+}
+
+/// The claim name the operator puts into workload pods, from its Deployment (flag or env).
+async fn operator_claim(client: &Client) -> Result<String> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release_namespace());
+    let d = deployments
+        .get("lodger-operator")
+        .await
+        .context("the operator Deployment")?;
+    let containers = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers)
+        .unwrap_or_default();
+    for c in containers {
+        for arg in c.args.unwrap_or_default() {
+            if let Some(v) = arg.strip_prefix("--checkpoint-claim=") {
+                return Ok(v.to_string());
+            }
+        }
+        for e in c.env.unwrap_or_default() {
+            if e.name == "LODGER_CHECKPOINT_CLAIM"
+                && let Some(v) = e.value
+            {
+                return Ok(v);
+            }
+        }
+    }
+    Ok("lodger-checkpoints".to_string())
+}
+
+/// Make the checkpoint claim in a scenario namespace: a static PersistentVolume with the same
+/// source as the release namespace's claim (the same shared directory or export), pre-bound to
+/// a claim of the operator's claim name. Reclaim policy Retain: deleting it never touches the
+/// shared data. Labelled for cleanup by scenario.
+async fn share_checkpoint_volume(client: &Client, ns: &str, scenario: &str) -> Result<()> {
+    let claim = operator_claim(client).await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &release_namespace());
+    let release_claim = claims
+        .get(&claim)
+        .await
+        .context("the release namespace's checkpoint claim")?;
+    let pv_name = release_claim
+        .spec
+        .and_then(|s| s.volume_name)
+        .ok_or_else(|| anyhow!("claim {claim} is not bound"))?;
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let source = pvs.get(&pv_name).await?;
+    let mut spec = source
+        .spec
+        .ok_or_else(|| anyhow!("PV {pv_name} has no spec"))?;
+    spec.claim_ref = Some(k8s_openapi::api::core::v1::ObjectReference {
+        namespace: Some(ns.to_string()),
+        name: Some(claim.clone()),
+        ..Default::default()
+    });
+    spec.persistent_volume_reclaim_policy = Some("Retain".to_string());
+    spec.storage_class_name = Some(String::new());
+    let labels = BTreeMap::from([
+        (LABEL_E2E.to_string(), "true".to_string()),
+        (LABEL_SCENARIO.to_string(), scenario.to_string()),
+    ]);
+    let name = format!("{ns}-checkpoints");
+    let capacity = spec.capacity.clone().unwrap_or_default();
+    let pv = PersistentVolume {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    pvs.create(&PostParams::default(), &pv)
+        .await
+        .context("creating the scenario's PV")?;
+    let pvc = PersistentVolumeClaim {
+        metadata: kube::api::ObjectMeta {
+            name: Some(claim),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteMany".to_string()]),
+            storage_class_name: Some(String::new()),
+            volume_name: Some(name),
+            resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
+                requests: Some(capacity),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let ns_claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    ns_claims
+        .create(&PostParams::default(), &pvc)
+        .await
+        .context("creating the scenario's claim")?;
+    Ok(())
 }
 
 // ---- cleanup and diagnostics ----

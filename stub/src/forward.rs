@@ -11,7 +11,8 @@
 //! - Names are deterministic, so a retry after an ambiguous failure (timeout, reset connection,
 //!   5xx) re-sends the *same* object and gets AlreadyExists instead of making a duplicate.
 //! - Each object carries the sender's id for that signal in `lodger.dev/signal-id`. On
-//!   AlreadyExists the sender reads the object back: its own id means the earlier attempt landed
+//!   AlreadyExists the sender reads the object back (a `list` narrowed to its name: the stub's
+//!   RBAC on jobsignals is create + list only): its own id means the earlier attempt landed
 //!   (done, nothing duplicated); another id means a second sender (the plugin, another stub)
 //!   took that seq first, so this signal moves on to the next seq.
 //! - Permanent refusals (403, 422, ...) are returned as errors and consume no seq.
@@ -186,6 +187,19 @@ impl SignalSender {
             .unwrap_or(0))
     }
 
+    /// The JobSignal named `name`, read with `list` (label and field selector) rather than `get`,
+    /// so the stub's RBAC stays at create + list on jobsignals.
+    async fn find(&self, name: &str) -> Result<Option<JobSignal>, kube::Error> {
+        let lp = ListParams::default()
+            .labels(&format!("{LABEL_JOB}={}", self.job))
+            .fields(&format!("metadata.name={name}"));
+        let list = self.api.list(&lp).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name)))
+    }
+
     /// Creates the JobSignal for `signo`; see the module docs for the exactly-once rules.
     pub async fn send(&mut self, signo: i32) -> Result<Sent, SendError> {
         self.sent += 1;
@@ -221,7 +235,7 @@ impl SignalSender {
                 Err(err) => err,
             };
             if is_already_exists(&err) {
-                match self.api.get_opt(&name).await {
+                match self.find(&name).await {
                     Ok(Some(existing)) => {
                         let id = existing
                             .metadata

@@ -169,10 +169,14 @@ async fn ambiguous_failure_then_already_exists_makes_no_duplicate() {
         (m, uri.as_str()),
         (
             Method::GET,
-            "/apis/lodger.dev/v1alpha1/namespaces/ns/jobsignals/job-sig-1"
+            "/apis/lodger.dev/v1alpha1/namespaces/ns/jobsignals?&fieldSelector=metadata.name%3Djob-sig-1&labelSelector=lodger.dev%2Fjob%3Djob"
         )
     );
-    reply(send, 200, &first);
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "lodger.dev/v1alpha1", "kind": "JobSignalList", "metadata": {}, "items": [first]}),
+    );
     // The next signal gets the next seq; nothing else was created for the first.
     let (m, _, body, send) = next(&mut handle).await;
     assert_eq!(m, Method::POST);
@@ -200,11 +204,17 @@ async fn seq_taken_by_another_sender_moves_to_the_next_seq() {
     let (_, _, body, send) = next(&mut handle).await;
     assert_eq!(body["metadata"]["name"], "job-sig-1");
     reply(send, 409, &status(409, "AlreadyExists", "exists"));
-    let (_, _, _, send) = next(&mut handle).await;
+    let (m, uri, _, send) = next(&mut handle).await;
+    assert_eq!(m, Method::GET);
+    assert!(
+        uri.contains("fieldSelector=metadata.name%3Djob-sig-1"),
+        "{uri}"
+    );
     reply(
         send,
         200,
-        &signal_json(1, 12, "kubectl-lodger-other-1", JOB),
+        &json!({"apiVersion": "lodger.dev/v1alpha1", "kind": "JobSignalList", "metadata": {},
+                             "items": [signal_json(1, 12, "kubectl-lodger-other-1", JOB)]}),
     );
     let (m, _, body, send) = next(&mut handle).await;
     assert_eq!(m, Method::POST);

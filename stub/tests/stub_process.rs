@@ -220,7 +220,8 @@ async fn real_signals_become_one_jobsignal_each_in_order_and_the_exit_code_propa
 }
 
 /// If this fails, a restarted stub would reuse seqs of signals already sent (the shim would
-/// drop the new signal as a duplicate), or exit non-zero for a job that succeeded.
+/// drop the new signal as a duplicate), a create whose reply was lost would be duplicated by its
+/// retry, or the stub would exit non-zero for a job that succeeded.
 #[tokio::test]
 async fn a_restarted_stub_continues_after_the_highest_seq() {
     let mut fake = FakeApi {
@@ -231,6 +232,8 @@ async fn a_restarted_stub_continues_after_the_highest_seq() {
         let obj = lodger_stub::forward::build_signal(JOB, seq, 10, "old-stub");
         fake.signals.push(serde_json::to_value(obj).unwrap());
     }
+    // The first create lands but its reply is lost (504): the retry must not duplicate it.
+    fake.ambiguous_posts = 1;
     let h = harness(fake).await;
     let child = stub_command(&h, &[]).spawn().expect("spawn the stub");
     let pid = Pid::from_raw(child.id().expect("pid") as i32);
@@ -239,8 +242,15 @@ async fn a_restarted_stub_continues_after_the_highest_seq() {
     })
     .await;
     kill(pid, Signal::SIGUSR2).expect("kill");
-    wait_until(&h.fake, "the JobSignal", |f| f.signals.len() == 4).await;
-    assert_eq!(signals_of(&h.fake)[3], (4, 12));
+    wait_until(&h.fake, "the retried create", |f| f.signal_posts == 2).await;
+    kill(pid, Signal::SIGHUP).expect("kill");
+    wait_until(&h.fake, "the JobSignal", |f| f.signals.len() == 5).await;
+    assert_eq!(signals_of(&h.fake)[3..], [(4, 12), (5, 1)]);
+    assert_eq!(
+        h.fake.lock().unwrap().signal_posts,
+        3,
+        "ambiguous create, its retry (409), next signal"
+    );
     h.fake.lock().unwrap().job = Some(job("Succeeded", Some(0)));
     let (code, out, err) = finish(child).await;
     assert_eq!((code, out.as_str()), (0, ""), "stderr: {err}");

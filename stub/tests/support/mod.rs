@@ -30,6 +30,9 @@ pub struct FakeApi {
     pub requests: Vec<String>,
     /// POSTs of JobSignals answered, including refused ones.
     pub signal_posts: usize,
+    /// This many JobSignal creates are stored but answered 504 (the reply is "lost"): the
+    /// ambiguous failure a sender must resolve without a duplicate.
+    pub ambiguous_posts: usize,
 }
 
 pub fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -150,10 +153,18 @@ impl FakeApi {
                     format!("lodger.dev/job={JOB}"),
                     "signals listed by job label"
                 );
-                return json_reply(
-                    200,
-                    &list("JobSignalList", "lodger.dev/v1alpha1", self.signals.clone()),
-                );
+                let name = query_param(query, "fieldSelector")
+                    .map(|f| f.trim_start_matches("metadata.name=").to_string());
+                let items = self
+                    .signals
+                    .iter()
+                    .filter(|s| {
+                        name.as_ref()
+                            .is_none_or(|n| s["metadata"]["name"] == n.as_str())
+                    })
+                    .cloned()
+                    .collect();
+                return json_reply(200, &list("JobSignalList", "lodger.dev/v1alpha1", items));
             }
             assert_eq!(method, Method::POST);
             self.signal_posts += 1;
@@ -182,14 +193,18 @@ impl FakeApi {
             let mut stored = obj.clone();
             stored["metadata"]["namespace"] = json!(NS);
             self.signals.push(stored.clone());
+            if self.ambiguous_posts > 0 {
+                self.ambiguous_posts -= 1;
+                return json_reply(
+                    504,
+                    &status(
+                        504,
+                        "Timeout",
+                        "the server was unable to return a response in the time allotted",
+                    ),
+                );
+            }
             return json_reply(201, &stored);
-        }
-        if let Some(name) = path.strip_prefix(&format!("{sigs}/")) {
-            assert_eq!(method, Method::GET);
-            return match self.signals.iter().find(|s| s["metadata"]["name"] == name) {
-                Some(s) => json_reply(200, s),
-                None => json_reply(404, &status(404, "NotFound", "not found")),
-            };
         }
         if path == pods {
             assert_eq!(method, Method::GET);

@@ -21,6 +21,10 @@ const VALUE_SETS: &[&[(&str, &str)]] = &[
         ("agent.detection.devicePluginResource", "squat.ai/input"),
     ],
     &[
+        ("agent.detection.inputAccess", "privileged"),
+        ("agent.detection.logind", "false"),
+    ],
+    &[
         ("checkpoints.ownerUid", "65534"),
         ("checkpoints.ownerGid", "65534"),
         ("operator.replicas", "2"),
@@ -443,8 +447,8 @@ fn security_contexts_are_hardened() {
         let objects = render(set);
         let get_set = |key: &str| set.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
         let detection = get_set("agent.detection.enabled") != Some("false");
-        let privileged_input = detection
-            && get_set("agent.detection.inputAccess").unwrap_or("privileged") == "privileged";
+        let privileged_input =
+            detection && get_set("agent.detection.inputAccess").unwrap_or("none") == "privileged";
 
         let operator = get(&objects, "Deployment", OPERATOR);
         let pod = &operator["spec"]["template"]["spec"];
@@ -529,10 +533,29 @@ fn node_agent_mounts_and_placement() {
         "/var/lib/kubelet/pods",
         "/host/proc",
         "/host/sys/fs/cgroup",
-        "/dev/input",
+        "/host/dev",
+        "/host/run/dbus",
         "/var/lib/lodger/checkpoints",
     ] {
         assert!(mounts.contains(path), "agent does not mount {path}");
+    }
+    assert!(
+        !mounts.contains("/dev/input"),
+        "input devices are opt-in (agent.detection.inputAccess)"
+    );
+    assert!(
+        c["securityContext"]["privileged"].is_null(),
+        "the default agent is not privileged"
+    );
+    let args = flags(c);
+    for flag in [
+        "--dev-dir",
+        "--logind",
+        "--idle-after-seconds",
+        "--idle-load",
+        "--max-load",
+    ] {
+        assert!(args.contains(&flag.to_string()), "agent lacks {flag}");
     }
     let env = c["env"].as_array().unwrap();
     let node_name = env
@@ -577,13 +600,9 @@ fn detection_values_shape_the_agent() {
     let objects = render(&[("agent.detection.enabled", "false")]);
     let agent = get(&objects, "DaemonSet", AGENT);
     let c = container(agent, "node-agent");
-    assert!(
-        c["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|m| m["mountPath"] != "/dev/input")
-    );
+    assert!(c["volumeMounts"].as_array().unwrap().iter().all(|m| {
+        !["/dev/input", "/host/dev", "/host/run/dbus"].contains(&m["mountPath"].as_str().unwrap())
+    }));
     assert!(c["securityContext"]["privileged"].is_null());
     assert!(flags(c).contains(&"--no-detection".to_string()));
     assert!(!flags(c).contains(&"--idle-after-seconds".to_string()));
@@ -596,6 +615,25 @@ fn detection_values_shape_the_agent() {
     let c = container(agent, "node-agent");
     assert_eq!(c["resources"]["limits"]["squat.ai/input"], "1");
     assert!(c["securityContext"]["privileged"].is_null());
+
+    let objects = render(&[("agent.detection.inputAccess", "privileged")]);
+    let agent = get(&objects, "DaemonSet", AGENT);
+    let c = container(agent, "node-agent");
+    assert_eq!(c["securityContext"]["privileged"], true);
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/dev/input")
+    );
+    assert!(flags(c).contains(&"--input-dir".to_string()));
+    let groups = &agent["spec"]["template"]["spec"]["securityContext"]["supplementalGroups"];
+    assert_eq!(
+        groups,
+        &serde_json::json!([0, 101]),
+        "the input group is added for evdev only"
+    );
 
     let out = template_raw(&[("agent.detection.inputAccess", "devicePlugin")]);
     assert!(

@@ -339,6 +339,9 @@ pub async fn signal<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin>(
         )));
     }
     let mut sender = SignalSender::new(client, ns, &args.job, &cli_sender_id(), MANAGER_CLI, retry);
+    if let Some(uid) = &job.metadata.uid {
+        sender = sender.with_owner_uid(uid);
+    }
     let sent = sender.send(signo).await?;
     io.say(&format!(
         "jobsignal.lodger.dev/{} created ({}, seq {})\n",

@@ -72,7 +72,7 @@ fn not_found(what: &str) -> Value {
 fn job(name: &str, phase: &str, node: Option<&str>, exit_code: Option<i32>) -> Value {
     json!({
         "apiVersion": "lodger.dev/v1alpha1", "kind": "MigratableJob",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}")},
         "spec": {"template": {"spec": {"containers": [{"name": "job", "command": ["x"]}]}}},
         "status": {"phase": phase, "node": node, "exitCode": exit_code},
     })
@@ -350,6 +350,7 @@ async fn signal_creates_the_next_jobsignal() {
     );
     assert_eq!(body["metadata"]["name"], "sim-sig-5");
     assert_eq!(body["spec"], json!({"job": "sim", "signal": 10, "seq": 5}));
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-sim");
     reply(send, 201, &body);
     let (code, c) = task.await.unwrap();
     assert_eq!(code.expect("ok"), 0);

@@ -16,12 +16,15 @@
 //!   (done, nothing duplicated); another id means a second sender (the plugin, another stub)
 //!   took that seq first, so this signal moves on to the next seq.
 //! - Permanent refusals (403, 422, ...) are returned as errors and consume no seq.
+//! - Each JobSignal has an owner reference to its MigratableJob (no `blockOwnerDeletion`, so no
+//!   extra RBAC), so the garbage collector removes a job's signals with the job.
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, ObjectMeta, PostParams};
-use kube::{Api, Client};
-use lodger_api::{ANNOTATION_SIGNAL_ID, JobSignal, JobSignalSpec, LABEL_JOB};
+use kube::{Api, Client, Resource};
+use lodger_api::{ANNOTATION_SIGNAL_ID, JobSignal, JobSignalSpec, LABEL_JOB, MigratableJob};
 
 // NB: after a transport failure or a 5xx the create may or may not have landed: that is the
 // ambiguous case the deterministic name and the signal id resolve.
@@ -50,9 +53,31 @@ pub fn build_signal(job: &str, seq: i64, signo: i32, signal_id: &str) -> JobSign
     }
 }
 
+/// The owner reference a job's JobSignals carry (plain: not controller, no blockOwnerDeletion).
+pub fn owner_reference(job: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: MigratableJob::api_version(&()).into_owned(),
+        kind: MigratableJob::kind(&()).into_owned(),
+        name: job.to_string(),
+        uid: uid.to_string(),
+        controller: None,
+        block_owner_deletion: None,
+    }
+}
+
 /// Errors of sending a signal.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// The MigratableJob does not exist (reading it for the owner reference failed).
+    #[error("migratablejob {job} not found: there is no job to signal")]
+    JobGone { job: String },
+    /// Reading the MigratableJob failed.
+    #[error("failed to read migratablejob {job}: {source}")]
+    Job {
+        job: String,
+        #[source]
+        source: kube::Error,
+    },
     /// Listing the job's JobSignals (to find the next seq) failed.
     #[error("failed to list the JobSignals of job {job}: {source}")]
     List {
@@ -81,7 +106,8 @@ impl SendError {
     /// Stable category for logs and exit codes.
     pub fn category(&self) -> &'static str {
         match self {
-            SendError::List { .. } => "list",
+            SendError::JobGone { .. } => "job-gone",
+            SendError::Job { .. } | SendError::List { .. } => "read",
             SendError::Refused { .. } => "refused",
             SendError::GaveUp { .. } => "unavailable",
         }
@@ -137,12 +163,14 @@ pub struct Sent {
 #[derive(Debug)]
 pub struct SignalSender {
     api: Api<JobSignal>,
+    namespace: String,
     job: String,
     sender_id: String,
     field_manager: String,
     retry: RetryPolicy,
     next_seq: Option<i64>,
     sent: u64,
+    owner: Option<OwnerReference>,
 }
 
 fn is_already_exists(err: &kube::Error) -> bool {
@@ -162,13 +190,44 @@ impl SignalSender {
     ) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
+            namespace: namespace.to_string(),
             job: job.to_string(),
             sender_id: sender_id.to_string(),
             field_manager: field_manager.to_string(),
             retry,
             next_seq: None,
             sent: 0,
+            owner: None,
         }
+    }
+
+    /// Uses `uid` as the job's UID for owner references (callers that have read the job);
+    /// otherwise the first `send` reads the job once.
+    pub fn with_owner_uid(mut self, uid: &str) -> Self {
+        self.owner = Some(owner_reference(&self.job, uid));
+        self
+    }
+
+    async fn ensure_owner(&mut self) -> Result<OwnerReference, SendError> {
+        if let Some(owner) = &self.owner {
+            return Ok(owner.clone());
+        }
+        let jobs: Api<MigratableJob> =
+            Api::namespaced(self.api.clone().into_client(), &self.namespace);
+        let job = jobs
+            .get_opt(&self.job)
+            .await
+            .map_err(|source| SendError::Job {
+                job: self.job.clone(),
+                source,
+            })?
+            .ok_or_else(|| SendError::JobGone {
+                job: self.job.clone(),
+            })?;
+        let uid = job.metadata.uid.unwrap_or_default();
+        let owner = owner_reference(&self.job, &uid);
+        self.owner = Some(owner.clone());
+        Ok(owner)
     }
 
     /// The highest seq of the job's existing JobSignals (0 when there are none).
@@ -202,6 +261,7 @@ impl SignalSender {
 
     /// Creates the JobSignal for `signo`; see the module docs for the exactly-once rules.
     pub async fn send(&mut self, signo: i32) -> Result<Sent, SendError> {
+        let owner = self.ensure_owner().await?;
         self.sent += 1;
         let signal_id = format!("{}-{}", self.sender_id, self.sent);
         let pp = PostParams {
@@ -219,7 +279,8 @@ impl SignalSender {
                     seq
                 }
             };
-            let object = build_signal(&self.job, seq, signo, &signal_id);
+            let mut object = build_signal(&self.job, seq, signo, &signal_id);
+            object.metadata.owner_references = Some(vec![owner.clone()]);
             let name = signal_object_name(&self.job, seq);
             attempts += 1;
             let err = match self.api.create(&pp, &object).await {

@@ -30,7 +30,7 @@ fn fast_retry() -> RetryPolicy {
 }
 
 fn sender(client: Client) -> SignalSender {
-    SignalSender::new(client, NS, JOB, "stub-a", MANAGER_STUB, fast_retry())
+    SignalSender::new(client, NS, JOB, "stub-a", MANAGER_STUB, fast_retry()).with_owner_uid("u-1")
 }
 
 /// The next request: method, path+query, JSON body (Null when empty) and its responder.
@@ -114,6 +114,10 @@ async fn seq_continues_after_the_highest_existing_one() {
             json!({"job": JOB, "signal": signo, "seq": seq})
         );
         assert_eq!(body["metadata"]["labels"]["lodger.dev/job"], JOB);
+        assert_eq!(
+            body["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "lodger.dev/v1alpha1", "kind": "MigratableJob", "name": JOB, "uid": "u-1"}])
+        );
         reply(send, 201, &body);
     }
     let (a, b) = task.await.expect("task");

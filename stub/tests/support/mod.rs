@@ -175,6 +175,10 @@ impl FakeApi {
             let name = obj["metadata"]["name"].as_str().expect("name").to_string();
             assert_eq!(name, format!("{JOB}-sig-{seq}"), "deterministic name");
             assert_eq!(obj["metadata"]["labels"]["lodger.dev/job"], JOB);
+            assert_eq!(
+                obj["metadata"]["ownerReferences"][0]["uid"], "u-1",
+                "owned by the job"
+            );
             assert!(obj["metadata"]["annotations"]["lodger.dev/signal-id"].is_string());
             if self
                 .signals

@@ -231,3 +231,28 @@ pub fn flags(container: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Path of a workspace binary in the debug target directory, built first when missing (`make
+/// test` builds every binary before the tests; a lone `cargo test -p lodger-chart-tests` builds
+/// the ones it needs here).
+///
+/// # Panics
+/// When cargo cannot build it.
+pub fn binary(package: &str, bin: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug").join(bin);
+    if !path.is_file() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--locked", "-q", "-p", package, "--bin", bin])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {bin} failed"
+        );
+    }
+    path
+}

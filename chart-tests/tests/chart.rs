@@ -31,10 +31,7 @@ const VALUE_SETS: &[&[(&str, &str)]] = &[
         ("networkPolicy.apiServerCIDRs[0]", "10.96.0.1/32"),
         ("logging.format", "json"),
     ],
-    &[
-        ("networkPolicy.enabled", "false"),
-        ("operator.leaderElection.enabled", "false"),
-    ],
+    &[("networkPolicy.enabled", "false")],
 ];
 
 const OPERATOR: &str = "lodger-operator";
@@ -884,7 +881,24 @@ fn operator_probes_and_leader_election() {
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["ports"][0]["containerPort"], 8080);
-    assert!(flags(c).contains(&"--leader-election".to_string()));
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--lease-name=lodger-operator"));
+    assert!(args.contains(&"--lease-namespace=lodger-system"));
+    let identity = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_NAME")
+        .expect("the replica's identity comes from the downward API");
+    assert_eq!(
+        identity["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
     let role = get(&objects, "Role", "lodger-operator-leader-election");
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
 }

@@ -158,29 +158,7 @@ fn dockerfile_is_locked_multistage_and_non_root() {
 }
 
 fn shim_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let shim = target.join("debug").join("lodger-shim");
-    if !shim.is_file() {
-        // `make test` builds every binary first; a lone `cargo test -p lodger-chart-tests`
-        // builds the shim here.
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--locked",
-                "-q",
-                "-p",
-                "lodger-shim",
-                "--bin",
-                "lodger-shim",
-            ])
-            .current_dir(workspace_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build -p lodger-shim failed");
-    }
-    shim
+    lodger_chart_tests::binary("lodger-shim", "lodger-shim")
 }
 
 const CRIU: &str = "/usr/local/sbin/criu";
@@ -227,7 +205,6 @@ done
 /// If this fails, the shim or CRIU would not start inside a workload image with another (or
 /// no) libc: workload pods would fail at their first instruction.
 #[test]
-#[ignore = "lodger-shim has no binary target yet (shim/src/main.rs); enabled once it lands"]
 fn bundle_is_self_contained() {
     assert!(
         Path::new(CRIU).is_file(),

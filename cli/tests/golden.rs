@@ -219,3 +219,34 @@ fn help_texts() {
         golden(&format!("help-{sub}.txt"), &err.to_string());
     }
 }
+
+/// If this fails, the krew manifest no longer installs this plugin: wrong name, binary or
+/// version (it must follow the crate's version), or a malformed sha256.
+#[test]
+fn krew_manifest_matches_the_crate() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/lodger.yaml");
+    let manifest: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).expect("plugins/lodger.yaml"))
+            .expect("YAML");
+    assert_eq!(
+        manifest["apiVersion"],
+        "krew.googlecontainertools.github.com/v1alpha2"
+    );
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(manifest["metadata"]["name"], "lodger");
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(manifest["spec"]["version"], version.as_str());
+    let platform = &manifest["spec"]["platforms"][0];
+    assert_eq!(platform["bin"], "kubectl-lodger");
+    assert!(
+        platform["uri"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/download/{version}/"))
+    );
+    let sha = platform["sha256"].as_str().unwrap();
+    assert!(
+        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{sha}"
+    );
+}

@@ -113,22 +113,31 @@ impl Env {
             .await
             .expect("nodes can be listed");
 
-        let sc = Scenario {
-            env: self.clone(),
-            ns: ns_name.clone(),
-        };
+        let mut claim = None;
         let failure = match share_checkpoint_volume(&self.client, &ns_name, name).await {
             Err(err) => Some(format!("the checkpoint claim could not be made: {err:#}")),
-            Ok(()) => match tokio::spawn(body(sc)).await {
-                Ok(Ok(())) => None,
-                Ok(Err(err)) => Some(format!("{err:#}")),
-                Err(join) => Some(format!("panicked: {join}")),
-            },
+            Ok(name) => {
+                claim = Some(name.clone());
+                let sc = Scenario {
+                    env: self.clone(),
+                    ns: ns_name.clone(),
+                    claim: name,
+                };
+                match tokio::spawn(body(sc)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => Some(format!("{err:#}")),
+                    Err(join) => Some(format!("panicked: {join}")),
+                }
+            }
         };
         if let Some(why) = &failure {
             eprintln!("scenario {name} failed: {why}");
             dump_namespace(&self.client, &ns_name).await;
         }
+        let scrubbed = match &claim {
+            Some(claim) => remove_work_files(self, &ns_name, claim).await,
+            None => Ok(()),
+        };
         let restored = nodes.restore(&self.client).await;
         let deleted = delete_namespaces(&namespaces, name).await;
         let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
@@ -141,6 +150,7 @@ impl Env {
         if let Some(why) = failure {
             panic!("scenario {name} failed: {why}");
         }
+        scrubbed.expect("the scenario's work files are removed from the shared volume");
         restored.expect("nodes are put back as they were");
         deleted.expect("the scenario's namespace is deleted");
         unshared.expect("the scenario's PersistentVolume is deleted");
@@ -154,6 +164,8 @@ pub struct Scenario {
     pub env: Env,
     /// The scenario's namespace.
     pub ns: String,
+    /// The checkpoint claim in that namespace (same shared storage as the release's).
+    pub claim: String,
 }
 
 impl Scenario {
@@ -259,45 +271,107 @@ impl Scenario {
     }
 }
 
-/// A MigratableJob running lodger-workload from the Lodger image.
-pub fn workload_job(
-    env: &Env,
-    name: &str,
-    home: Option<&str>,
-    extra_args: &[&str],
-) -> serde_json::Value {
-    let mut command = vec![
-        "lodger-workload".to_string(),
-        "--mem-mib".into(),
-        "32".into(),
-        "--tick-ms".into(),
-        "200".into(),
-        "--verify-every".into(),
-        "5".into(),
-        "--file".into(),
-        "/tmp/lodger-ticks".into(),
-    ];
-    command.extend(extra_args.iter().map(|s| s.to_string()));
-    let mut job = json!({
-        "apiVersion": "lodger.dev/v1alpha1",
-        "kind": "MigratableJob",
-        "metadata": {"name": name},
+/// Directory on the shared volume (below its root) where scenarios keep the job's work files.
+pub const WORK_DIR: &str = "e2e-work";
+
+impl Scenario {
+    /// A MigratableJob running lodger-workload from the Lodger image. With `tick_file`, the job
+    /// appends to `/work/<job>.ticks` through one long-lived fd, on the shared volume
+    /// (`<volume>/e2e-work/<namespace>/`), so the file and its offset exist on whichever node it
+    /// is restored on.
+    ///
+    /// NB: a periodic checkpoint followed by a restore (NodeLost) goes back in time while the
+    /// file on the shared volume does not; CRIU then refuses the file (size changed). Scenarios
+    /// that restore from an older checkpoint run without the file.
+    pub fn workload_job(
+        &self,
+        name: &str,
+        home: Option<&str>,
+        tick_file: bool,
+        extra_args: &[&str],
+    ) -> serde_json::Value {
+        let mut command = vec![
+            "lodger-workload".to_string(),
+            "--mem-mib".into(),
+            "32".into(),
+            "--tick-ms".into(),
+            "200".into(),
+            "--verify-every".into(),
+            "5".into(),
+        ];
+        if tick_file {
+            command.push("--file".into());
+            command.push(format!("/work/{name}.ticks"));
+        }
+        command.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut job = json!({
+            "apiVersion": "lodger.dev/v1alpha1",
+            "kind": "MigratableJob",
+            "metadata": {"name": name},
+            "spec": {
+                "template": {"spec": {"containers": [{
+                    "name": "main",
+                    "image": self.env.image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": command,
+                    "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}},
+                }]}},
+                "placement": {"minIdleSeconds": 0},
+                "migration": {"strategy": "StopAndCopy", "gracePeriodSeconds": 60},
+            },
+        });
+        if tick_file {
+            job["spec"]["template"]["spec"]["volumes"] = json!([{
+                "name": "work",
+                "persistentVolumeClaim": {"claimName": self.claim},
+            }]);
+            job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = json!([{
+                "name": "work",
+                "mountPath": "/work",
+                "subPath": format!("{WORK_DIR}/{}", self.ns),
+            }]);
+        }
+        if let Some(home) = home {
+            job["spec"]["homeNode"] = json!(home);
+        }
+        job
+    }
+}
+
+/// Remove `<volume>/e2e-work/<ns>` with a short-lived pod in the scenario's namespace (the files
+/// belong to the job's uid 0), then wait for it to finish.
+async fn remove_work_files(env: &Env, ns: &str, claim: &str) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "e2e-scrub", "namespace": ns},
         "spec": {
-            "template": {"spec": {"containers": [{
-                "name": "main",
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "scrub",
                 "image": env.image,
                 "imagePullPolicy": "IfNotPresent",
-                "command": command,
-                "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}},
-            }]}},
-            "placement": {"minIdleSeconds": 0},
-            "migration": {"strategy": "StopAndCopy", "gracePeriodSeconds": 60},
+                "command": ["rm", "-rf", format!("/shared/{ns}")],
+                "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "shared", "mountPath": "/shared", "subPath": WORK_DIR}],
+            }],
+            "volumes": [{"name": "shared", "persistentVolumeClaim": {"claimName": claim}}],
         },
-    });
-    if let Some(home) = home {
-        job["spec"]["homeNode"] = json!(home);
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let start = Instant::now();
+    loop {
+        let p = pods.get("e2e-scrub").await?;
+        match p.status.and_then(|s| s.phase).as_deref() {
+            Some("Succeeded") => return Ok(()),
+            Some("Failed") => bail!("the scrub pod failed"),
+            _ if start.elapsed() > Duration::from_secs(120) => {
+                bail!("the scrub pod did not finish in 120 s")
+            }
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
     }
-    job
 }
 
 // ---- nodes ----
@@ -494,7 +568,7 @@ async fn operator_claim(client: &Client) -> Result<String> {
 /// source as the release namespace's claim (the same shared directory or export), pre-bound to
 /// a claim of the operator's claim name. Reclaim policy Retain: deleting it never touches the
 /// shared data. Labelled for cleanup by scenario.
-async fn share_checkpoint_volume(client: &Client, ns: &str, scenario: &str) -> Result<()> {
+async fn share_checkpoint_volume(client: &Client, ns: &str, scenario: &str) -> Result<String> {
     let claim = operator_claim(client).await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &release_namespace());
     let release_claim = claims
@@ -537,7 +611,7 @@ async fn share_checkpoint_volume(client: &Client, ns: &str, scenario: &str) -> R
         .context("creating the scenario's PV")?;
     let pvc = PersistentVolumeClaim {
         metadata: kube::api::ObjectMeta {
-            name: Some(claim),
+            name: Some(claim.clone()),
             namespace: Some(ns.to_string()),
             labels: Some(labels),
             ..Default::default()
@@ -559,7 +633,7 @@ async fn share_checkpoint_volume(client: &Client, ns: &str, scenario: &str) -> R
         .create(&PostParams::default(), &pvc)
         .await
         .context("creating the scenario's claim")?;
-    Ok(())
+    Ok(claim)
 }
 
 // ---- cleanup and diagnostics ----

@@ -17,9 +17,7 @@ use lodger_api::{
     CheckpointReason, JobPhase, JobSignal, LABEL_JOB, LABEL_ROLE, MigratableJob, ROLE_WORKLOAD,
 };
 use lodger_demo::continuity::check_text;
-use lodger_e2e::{
-    Env, Scenario, set_cordoned, set_idle, set_owner_active, workload_job, workstations,
-};
+use lodger_e2e::{Env, Scenario, set_cordoned, set_idle, set_owner_active, workstations};
 use serde_json::json;
 
 const PLACE: Duration = Duration::from_secs(180);
@@ -134,7 +132,7 @@ async fn owner_return_and_cordon_migrate_transparently() {
         let (a, b) = (ws[0].clone(), ws[1].clone());
         set_idle(&c, &a, true).await?;
         set_idle(&c, &b, true).await?;
-        sc.create_job(workload_job(&sc.env, "mover", Some(&home), &[]))
+        sc.create_job(sc.workload_job("mover", Some(&home), true, &[]))
             .await?;
         let idle = vec![a.clone(), b.clone()];
         let job = sc
@@ -255,7 +253,7 @@ async fn no_idle_node_sends_the_job_home() {
         let (ws, home) = layout(&sc, 2).await?;
         let a = ws[0].clone();
         set_idle(&c, &a, true).await?;
-        sc.create_job(workload_job(&sc.env, "homing", Some(&home), &[]))
+        sc.create_job(sc.workload_job("homing", Some(&home), true, &[]))
             .await?;
         sc.wait_job("homing", "Running on the idle node", PLACE, |j| {
             running_on(j, std::slice::from_ref(&a))
@@ -299,7 +297,7 @@ async fn homeless_job_parks_and_unparks() {
         let (ws, _home) = layout(&sc, 3).await?;
         let (a, b) = (ws[0].clone(), ws[1].clone());
         set_idle(&c, &a, true).await?;
-        sc.create_job(workload_job(&sc.env, "nomad", None, &[]))
+        sc.create_job(sc.workload_job("nomad", None, true, &[]))
             .await?;
         sc.wait_job("nomad", "Running on the idle node", PLACE, |j| {
             running_on(j, std::slice::from_ref(&a))
@@ -341,7 +339,7 @@ async fn signal_to_stub_is_delivered_once() {
         let c = sc.env.client.clone();
         let (ws, home) = layout(&sc, 2).await?;
         set_idle(&c, &ws[0], true).await?;
-        sc.create_job(workload_job(&sc.env, "listener", Some(&home), &[]))
+        sc.create_job(sc.workload_job("listener", Some(&home), false, &[]))
             .await?;
         sc.wait_job("listener", "Running", PLACE, |j| {
             running_on(j, std::slice::from_ref(&ws[0]))
@@ -408,10 +406,10 @@ async fn exit_code_reaches_home() {
         let c = sc.env.client.clone();
         let (ws, home) = layout(&sc, 2).await?;
         set_idle(&c, &ws[0], true).await?;
-        sc.create_job(workload_job(
-            &sc.env,
+        sc.create_job(sc.workload_job(
             "quitter",
             Some(&home),
+            false,
             &["--exit-at-tick", "25", "--exit-code", "3"],
         ))
         .await?;
@@ -448,7 +446,7 @@ async fn invalid_jobs_are_refused_readably() {
         return;
     };
     env.scenario("invalid", |sc| async move {
-        let base = workload_job(&sc.env, "bad", None, &[]);
+        let base = sc.workload_job("bad", None, false, &[]);
         let mut two = base.clone();
         let c0 = two["spec"]["template"]["spec"]["containers"][0].clone();
         let mut c1 = c0.clone();
@@ -517,7 +515,7 @@ async fn node_lost_restores_from_periodic_checkpoint() {
         let (a, b) = (ws[0].clone(), ws[1].clone());
         set_idle(&c, &a, true).await?;
         set_idle(&c, &b, true).await?;
-        let mut body = workload_job(&sc.env, "survivor", Some(&home), &[]);
+        let mut body = sc.workload_job("survivor", Some(&home), false, &[]);
         body["spec"]["checkpoint"] = json!({"intervalSeconds": 10, "keep": 2});
         sc.create_job(body).await?;
         let idle = vec![a.clone(), b.clone()];

@@ -290,3 +290,80 @@ fn bundle_is_self_contained() {
         "the system's criu still ran with its libraries hidden: the check proves nothing"
     );
 }
+
+/// Binary targets of the workspace: `[[bin]] name = ...` entries, plus the package name of
+/// crates with a `src/main.rs`.
+fn workspace_binaries() -> Vec<String> {
+    let root = workspace_root();
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let mut bins = Vec::new();
+    let members = manifest
+        .split("members = [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .expect("the workspace lists its members");
+    for member in members
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+    {
+        let dir = root.join(member);
+        let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let mut in_bin = false;
+        let mut in_package = false;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                in_bin = line == "[[bin]]";
+                in_package = line == "[package]";
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("name = ") {
+                let name = v.trim_matches('"').to_string();
+                if in_bin || (in_package && dir.join("src/main.rs").is_file()) {
+                    bins.push(name);
+                }
+            }
+        }
+    }
+    bins
+}
+
+/// Every binary the Dockerfile installs is a binary target of the workspace, and the
+/// binaries the chart and the operator run (operator, agent, stub, shim, plugin, workload)
+/// are among them.
+/// If this fails, `docker build` would stop at a missing target/release file, or the image would
+/// lack a binary a pod runs.
+#[test]
+fn dockerfile_installs_workspace_binaries() {
+    let text = dockerfile();
+    let ins = instructions(&text);
+    let build = ins
+        .iter()
+        .find(|i| i.contains("cargo build") && i.contains("for bin in"))
+        .expect("the build stage installs a list of binaries");
+    let list = build
+        .split("for bin in")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .expect("for bin in ...;");
+    let installed: Vec<&str> = list.split_whitespace().collect();
+    let known = workspace_binaries();
+    for bin in &installed {
+        assert!(
+            known.iter().any(|k| k == bin),
+            "the Dockerfile installs {bin}, which no crate builds ({known:?})"
+        );
+    }
+    for needed in [
+        "lodger-operator",
+        "lodger-node-agent",
+        "lodger-stub",
+        "lodger-shim",
+        "kubectl-lodger",
+        "lodger-workload",
+    ] {
+        assert!(installed.contains(&needed), "the image must carry {needed}");
+    }
+}

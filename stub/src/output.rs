@@ -19,8 +19,8 @@
 //!
 //! Not possible here: output written to a node that is lost before its log is read is gone with
 //! the node (the pod's log lives on the node); a restore from a periodic checkpoint then repeats
-//! what the job wrote after that checkpoint. The marker line names such a gap when a generation's
-//! pod disappears before its container was seen terminated.
+//! what the job wrote after that checkpoint. A marker line names such a gap when a generation's
+//! pod disappears before its log was read to a clean end.
 
 use std::time::Duration;
 
@@ -342,11 +342,18 @@ impl Stitcher {
         };
         let mut cursor = Cursor::default();
         let mut first_stream = true;
+        // NB: a following stream the server ended cleanly (EOF, no error) delivered everything up
+        // to the container's exit; the operator may then delete the pod at once (nothing of a job
+        // stays on the source node), and that is no loss.
+        let mut clean_eof = false;
         loop {
             let current = self
                 .read(format!("pod {name}"), || self.pods.get_opt(&name))
                 .await?;
             let Some(current) = current else {
+                if clean_eof {
+                    return Ok(());
+                }
                 let marker = format!(
                     "[lodger] pod {name} vanished before its output was fully read: output may be missing here\n"
                 );
@@ -379,12 +386,17 @@ impl Stitcher {
                 since_time: cursor.resume_from(),
                 ..LogParams::default()
             };
+            clean_eof = false;
             match self.pods.log_stream(&name, &lp).await {
                 Ok(reader) => {
                     let mut lines = reader.lines();
+                    clean_eof = true;
                     while let Some(line) = lines.next().await {
-                        // A broken stream ends like EOF: the loop re-reads with the cursor.
-                        let Ok(line) = line else { break };
+                        // A broken stream: the loop re-reads with the cursor.
+                        let Ok(line) = line else {
+                            clean_eof = false;
+                            break;
+                        };
                         let (ts, text) = split_timestamp(&line);
                         if cursor.accept(ts) {
                             out.write_all(text.as_bytes())

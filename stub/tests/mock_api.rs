@@ -630,3 +630,81 @@ async fn deleted_job_ends_the_stub_as_cancelled() {
     assert_eq!(ended, Ended::Deleted);
     assert_eq!(exit_code_of(&ended), 143);
 }
+
+/// If this fails, either a pod the operator deleted right after its container exited (the normal
+/// end of a migration) would be reported as lost output, or a pod that vanished while its log
+/// could not be read would go unreported.
+#[tokio::test]
+async fn vanished_pod_is_marked_only_when_output_may_be_missing() {
+    for clean in [true, false] {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, NS);
+        let task = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let ended = stitcher(&client, true)
+                .run(&mut out)
+                .await
+                .expect("stitched");
+            (ended, String::from_utf8(out).expect("utf-8"))
+        });
+        let list = |items: Vec<Value>| json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items});
+        let (_, _, _, send) = next(&mut handle).await;
+        reply(send, 200, &list(vec![pod(1, "running", None)]));
+        let (_, _, _, send) = next(&mut handle).await;
+        reply(send, 200, &pod(1, "running", None));
+        let (_, uri, _, send) = next(&mut handle).await;
+        assert!(
+            uri.contains("/job-1/log?") && uri.contains("follow=true"),
+            "{uri}"
+        );
+        if clean {
+            send.send_response(Response::new(Body::from(
+                log_lines(&[("2026-11-22T10:00:00Z", "a")]).into_bytes(),
+            )));
+        } else {
+            send.send_error(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "node unreachable",
+            ));
+        }
+        // The operator removed the source pod.
+        let (_, uri, _, send) = next(&mut handle).await;
+        assert!(uri.ends_with("/pods/job-1"), "{uri}");
+        reply(
+            send,
+            404,
+            &status(404, "NotFound", "pods \"job-1\" not found"),
+        );
+        let (_, _, _, send) = next(&mut handle).await;
+        reply(
+            send,
+            200,
+            &list(vec![pod(2, "terminated", Some("job-ckpt-1"))]),
+        );
+        let (_, _, _, send) = next(&mut handle).await;
+        reply(send, 200, &pod(2, "terminated", Some("job-ckpt-1")));
+        let (_, _, _, send) = next(&mut handle).await;
+        send.send_response(Response::new(Body::from(
+            log_lines(&[("2026-11-22T10:00:09Z", "b")]).into_bytes(),
+        )));
+        for _ in 0..2 {
+            let (_, _, _, send) = next(&mut handle).await;
+            reply(
+                send,
+                200,
+                &list(vec![pod(2, "terminated", Some("job-ckpt-1"))]),
+            );
+            let (_, _, _, send) = next(&mut handle).await;
+            reply(send, 200, &job("Succeeded", Some(0)));
+        }
+        let (_, out) = task.await.expect("task");
+        if clean {
+            assert_eq!(out, "a\nb\n");
+        } else {
+            assert_eq!(
+                out,
+                "[lodger] pod job-1 vanished before its output was fully read: output may be missing here\nb\n"
+            );
+        }
+    }
+}

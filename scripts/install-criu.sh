@@ -52,7 +52,8 @@ fi
 
 BUILD_DEPS=(build-essential pkg-config libbsd-dev libcap-dev libnet1-dev libnftables-dev
     libnl-3-dev libnl-route-3-dev libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler
-    protobuf-compiler python3-protobuf libaio-dev libgnutls28-dev dpkg-dev xz-utils iproute2)
+    protobuf-compiler python3-protobuf libaio-dev libgnutls28-dev dpkg-dev xz-utils iproute2
+    patchelf)
 missing=()
 for p in "${BUILD_DEPS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -48,7 +48,7 @@ fmt:
 
 ## demo: migrate a real job between two namespaced "nodes" on this machine
 demo: criu
-	$(CARGO) build --release --locked -p lodger-shim -p lodger-engine --bins
+	$(CARGO) build --release --locked -p lodger-shim -p lodger-demo --bins
 	bash scripts/demo.sh
 
 ## bench: engine vs raw CRIU vs dd, placement, node-agent footprint (not part of make test)

@@ -256,3 +256,52 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
     }
     path
 }
+
+/// The chart's NOTES.txt rendered with these values. helm 3.6 renders NOTES only on install, so
+/// this renders a copy of the chart in `scratch` whose extra template puts
+/// `tpl NOTES.txt` into a ConfigMap.
+///
+/// # Panics
+/// When the copy or helm fails.
+pub fn render_notes(scratch: &Path, set: &[(&str, &str)]) -> String {
+    let copy = scratch.join("lodger");
+    copy_dir(&chart_dir(), &copy);
+    std::fs::copy(copy.join("templates/NOTES.txt"), copy.join("notes.txt")).expect("copy NOTES");
+    std::fs::write(
+        copy.join("templates/zz-notes-under-test.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-under-test\ndata:\n  notes: {{ tpl (.Files.Get \"notes.txt\") . | quote }}\n",
+    )
+    .expect("write the notes template");
+    let chart = copy.to_str().expect("UTF-8 path");
+    let out = run_helm(
+        &[
+            "template",
+            RELEASE,
+            chart,
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+        ],
+        set,
+    );
+    assert!(out.success, "helm template (notes) failed:\n{}", out.stderr);
+    let objects = parse_documents(&out.stdout);
+    get(&objects, "ConfigMap", "notes-under-test")["data"]["notes"]
+        .as_str()
+        .expect("notes are a string")
+        .to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("readdir") {
+        let entry = entry.expect("dirent");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}

@@ -1052,3 +1052,34 @@ fn vap_targets_the_agent_service_account() {
         );
     }
 }
+
+/// NOTES.txt tells how to label workstations, how to run a job, and states that job namespaces
+/// need the `privileged` Pod Security level; it says where the checkpoint claim must exist.
+/// If this fails, a user installing the chart is not told the steps it cannot work without.
+#[test]
+fn notes_explain_labels_jobs_and_pod_security() {
+    let tmp = tempfile::tempdir().unwrap();
+    let notes = lodger_chart_tests::render_notes(tmp.path(), &[]);
+    for needle in [
+        "lodger.dev/workstation=true",
+        "pod-security.kubernetes.io/enforce=privileged",
+        "SYS_ADMIN",
+        "Unconfined",
+        "kind: MigratableJob",
+        "kubectl logs",
+        "create it yourself in each job namespace",
+    ] {
+        assert!(notes.contains(needle), "NOTES lack {needle:?}:\n{notes}");
+    }
+    let notes = lodger_chart_tests::render_notes(
+        tmp.path(),
+        &[
+            ("agent.detection.enabled", "false"),
+            ("checkpoints.sharedSource.nfs.server", "nas"),
+            ("checkpoints.sharedSource.nfs.path", "/x"),
+            ("checkpoints.jobNamespaces[0]", "batch"),
+        ],
+    );
+    assert!(notes.contains("Idle detection is OFF"), "{notes}");
+    assert!(notes.contains("lodger-system, batch"), "{notes}");
+}

@@ -208,14 +208,38 @@ impl SignalSender {
         self
     }
 
+    /// Runs a read, retrying transient failures per the retry policy (reads are idempotent).
+    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, kube::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let mut attempts = 0u32;
+        let mut backoff = self.retry.initial;
+        loop {
+            attempts += 1;
+            match call().await {
+                Err(err)
+                    if is_transient(&err)
+                        && self.retry.max_attempts.is_none_or(|max| attempts < max) =>
+                {
+                    tracing::warn!(error = %err, "reading for a JobSignal failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max);
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn ensure_owner(&mut self) -> Result<OwnerReference, SendError> {
         if let Some(owner) = &self.owner {
             return Ok(owner.clone());
         }
         let jobs: Api<MigratableJob> =
             Api::namespaced(self.api.clone().into_client(), &self.namespace);
-        let job = jobs
-            .get_opt(&self.job)
+        let job = self
+            .retrying(|| jobs.get_opt(&self.job))
             .await
             .map_err(|source| SendError::Job {
                 job: self.job.clone(),
@@ -233,10 +257,13 @@ impl SignalSender {
     /// The highest seq of the job's existing JobSignals (0 when there are none).
     pub async fn highest_seq(&self) -> Result<i64, SendError> {
         let lp = ListParams::default().labels(&format!("{LABEL_JOB}={}", self.job));
-        let list = self.api.list(&lp).await.map_err(|source| SendError::List {
-            job: self.job.clone(),
-            source,
-        })?;
+        let list = self
+            .retrying(|| self.api.list(&lp))
+            .await
+            .map_err(|source| SendError::List {
+                job: self.job.clone(),
+                source,
+            })?;
         Ok(list
             .items
             .iter()

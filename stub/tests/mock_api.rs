@@ -708,3 +708,33 @@ async fn vanished_pod_is_marked_only_when_output_may_be_missing() {
         }
     }
 }
+
+/// If this fails, a signal caught while the API server briefly fails reads (503 on the list that
+/// finds the next seq) would be dropped instead of forwarded once the server answers.
+#[tokio::test]
+async fn transient_read_failures_are_retried_not_dropped() {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, NS);
+    let task = tokio::spawn(async move { sender(client).send(10).await });
+    for _ in 0..2 {
+        let (m, uri, _, send) = next(&mut handle).await;
+        assert_eq!(m, Method::GET);
+        assert!(uri.contains("labelSelector"), "{uri}");
+        reply(
+            send,
+            503,
+            &status(503, "ServiceUnavailable", "etcd is away"),
+        );
+    }
+    let (_, _, _, send) = next(&mut handle).await;
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "lodger.dev/v1alpha1", "kind": "JobSignalList", "metadata": {}, "items": []}),
+    );
+    let (m, _, body, send) = next(&mut handle).await;
+    assert_eq!(m, Method::POST);
+    assert_eq!(body["metadata"]["name"], "job-sig-1");
+    reply(send, 201, &body);
+    assert_eq!(task.await.expect("task").expect("sent").seq, 1);
+}

@@ -228,6 +228,11 @@ pub fn workload_pod(
                 drop: Some(vec!["ALL".into()]),
                 add: None,
             }),
+            // NB: `cp -a` sets the times of the emptyDir's root, which belongs to root; as the
+            // image's non-root default user (or the template's runAsUser) it fails with EPERM
+            // and the pod never starts. uid 0 without any capability owns it (chart-tests
+            // bundle test runs exactly this copy).
+            run_as_user: Some(0),
             ..SecurityContext::default()
         }),
         ..Container::default()

@@ -182,12 +182,21 @@ fn in_private_mount_ns(script: &str, bundle: &Path) -> (bool, String, String) {
     )
 }
 
-/// Mount a tmpfs over /opt (only in this namespace), bind the bundle at /opt/lodger.
+/// What a workload pod does, in this namespace only: a tmpfs over /opt; `/opt/lodger` a
+/// root-owned 0777 directory like the `lodger-tools` emptyDir; the init container's
+/// `cp -a /opt/lodger/. /lodger-tools/` as uid 0 with no capability at all (as the operator
+/// runs `lodger-install`); then the directory bound read-only, as the job's container mounts it.
 const SETUP: &str = r#"
-mount -t tmpfs -o size=1m lodger-test-opt /opt
+mount -t tmpfs -o size=512m lodger-test-opt /opt
 mkdir /opt/lodger
-mount --bind "$BUNDLE" /opt/lodger
+chmod 0777 /opt/lodger
+setpriv --bounding-set -all --inh-caps -all --no-new-privs cp -a "$BUNDLE/." /opt/lodger/
+mount --bind /opt/lodger /opt/lodger
+mount -o remount,bind,ro /opt/lodger
 "#;
+
+/// The workload container's capability set (docs/contracts.md); the shim and CRIU run with it.
+const WORKLOAD_CAPS: &str = "setpriv --bounding-set -all,+sys_admin,+sys_ptrace,+checkpoint_restore,+net_admin,+sys_time --inh-caps -all";
 
 /// Then hide the system's library directories so nothing can come from them; after this only
 /// shell builtins and the bundle can run (so the directory `mount` itself needs goes last).
@@ -268,12 +277,16 @@ fn bundle_is_self_contained() {
     }
 
     // And they run, with the system's libraries out of reach.
-    let script = format!("{SETUP}{HIDE_SYSTEM_LIBS}\nexec /opt/lodger/bin/criu --version\n");
+    let script = format!(
+        "{SETUP}exec {WORKLOAD_CAPS} sh -euc '{HIDE_SYSTEM_LIBS}\nexec /opt/lodger/bin/criu --version'\n"
+    );
     let (ok, stdout, stderr) = in_private_mount_ns(&script, &bundle);
     assert!(ok, "bundled criu --version failed:\n{stdout}{stderr}");
     assert!(stdout.contains("Version: 4."), "not CRIU 4.x: {stdout}");
 
-    let script = format!("{SETUP}{HIDE_SYSTEM_LIBS}\nexec /opt/lodger/bin/lodger-shim --help\n");
+    let script = format!(
+        "{SETUP}exec {WORKLOAD_CAPS} sh -euc '{HIDE_SYSTEM_LIBS}\nexec /opt/lodger/bin/lodger-shim --help'\n"
+    );
     let (ok, stdout, stderr) = in_private_mount_ns(&script, &bundle);
     assert!(ok, "bundled lodger-shim --help failed:\n{stdout}{stderr}");
     assert!(
@@ -281,9 +294,26 @@ fn bundle_is_self_contained() {
         "{stdout}"
     );
 
+    // Why `lodger-install` runs as uid 0: as the image's non-root default user, `cp -a` cannot
+    // set the times of the root-owned emptyDir and fails, so the pod would never start.
+    let script = r#"
+mount -t tmpfs -o size=512m lodger-test-opt /opt
+mkdir /opt/lodger
+chmod 0777 /opt/lodger
+exec setpriv --reuid 65532 --regid 65532 --clear-groups cp -a "$BUNDLE/." /opt/lodger/
+"#;
+    let (ok, _, stderr) = in_private_mount_ns(script, &bundle);
+    assert!(
+        !ok,
+        "cp -a as uid 65532 succeeded: the operator's runAsUser 0 for lodger-install may be unneeded now"
+    );
+    assert!(stderr.contains("preserving times"), "{stderr}");
+
     // Control: with the system libraries hidden, an unbundled binary cannot even start, so the
     // runs above really did not use them.
-    let script = format!("{SETUP}{HIDE_SYSTEM_LIBS}\nexec {CRIU} --version\n");
+    let script = format!(
+        "{SETUP}exec {WORKLOAD_CAPS} sh -euc '{HIDE_SYSTEM_LIBS}\nexec {CRIU} --version'\n"
+    );
     let (ok, _, _) = in_private_mount_ns(&script, &bundle);
     assert!(
         !ok,

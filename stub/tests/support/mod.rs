@@ -131,6 +131,11 @@ impl FakeApi {
                 serde_json::to_vec(v).expect("json"),
             )
         };
+        // Another namespace holds nothing: answer as the API server does for a missing object.
+        if path.contains("/namespaces/") && !path.contains(&format!("/namespaces/{NS}/")) {
+            let body = serde_json::to_vec(&status(404, "NotFound", "not found")).expect("json");
+            return (StatusCode::NOT_FOUND, body);
+        }
         if let Some(name) = path.strip_prefix(&jobs) {
             assert_eq!(method, Method::GET, "the stub only reads its job");
             return match (&self.job, name == JOB) {

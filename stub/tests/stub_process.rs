@@ -105,6 +105,28 @@ async fn wait_until(fake: &Shared, what: &str, cond: impl Fn(&FakeApi) -> bool) 
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
+/// Waits until the stub made its first request (it blocks its signals before any request, so
+/// from then on it can be signalled); fails with the stub's stderr if it exited instead.
+async fn wait_ready(fake: &Shared, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.lock().unwrap().requests.is_empty() {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                e.read_to_string(&mut err).await.ok();
+            }
+            panic!(
+                "the stub exited ({status}) before its first request (root is needed for unshare --pid): {err}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the stub's first request"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 fn signals_of(fake: &Shared) -> Vec<(i64, i64)> {
     fake.lock()
         .unwrap()
@@ -148,13 +170,10 @@ async fn real_signals_become_one_jobsignal_each_in_order_and_the_exit_code_propa
         "2026-11-22T10:00:00.5Z hello\n2026-11-22T10:00:00.5Z world\n".into(),
     );
     let h = harness(fake).await;
-    let child = stub_command(&h, &[]).spawn().expect("spawn the stub");
+    let mut child = stub_command(&h, &[]).spawn().expect("spawn the stub");
     let pid = Pid::from_raw(child.id().expect("pid") as i32);
     // The stub blocks its signals before it makes any request: once it has asked, it is ready.
-    wait_until(&h.fake, "the stub's first request", |f| {
-        !f.requests.is_empty()
-    })
-    .await;
+    wait_ready(&h.fake, &mut child).await;
     let sequence = [
         Signal::SIGUSR1,
         Signal::SIGUSR2,
@@ -235,12 +254,9 @@ async fn a_restarted_stub_continues_after_the_highest_seq() {
     // The first create lands but its reply is lost (504): the retry must not duplicate it.
     fake.ambiguous_posts = 1;
     let h = harness(fake).await;
-    let child = stub_command(&h, &[]).spawn().expect("spawn the stub");
+    let mut child = stub_command(&h, &[]).spawn().expect("spawn the stub");
     let pid = Pid::from_raw(child.id().expect("pid") as i32);
-    wait_until(&h.fake, "the stub's first request", |f| {
-        !f.requests.is_empty()
-    })
-    .await;
+    wait_ready(&h.fake, &mut child).await;
     kill(pid, Signal::SIGUSR2).expect("kill");
     wait_until(&h.fake, "the retried create", |f| f.signal_posts == 2).await;
     kill(pid, Signal::SIGHUP).expect("kill");
@@ -266,14 +282,11 @@ async fn stub_as_pid1_of_a_pid_namespace_receives_signals() {
         ..FakeApi::default()
     })
     .await;
-    let child = stub_command(&h, &["unshare", "--pid", "--fork", "--kill-child"])
+    let mut child = stub_command(&h, &["unshare", "--pid", "--fork", "--kill-child"])
         .spawn()
-        .expect("spawn unshare");
+        .expect("spawn unshare (util-linux)");
     let unshare_pid = child.id().expect("pid");
-    wait_until(&h.fake, "the stub's first request", |f| {
-        !f.requests.is_empty()
-    })
-    .await;
+    wait_ready(&h.fake, &mut child).await;
     let children =
         std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
             .expect("children");

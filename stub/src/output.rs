@@ -269,6 +269,11 @@ impl Stitcher {
     pub async fn run<W: AsyncWrite + Unpin>(&self, out: &mut W) -> Result<Ended, OutputError> {
         let mut done: Option<i64> = None;
         let mut terminal_seen = false;
+        // Between generations (placing, migrating, Parked) the stub polls; while nothing changes
+        // it backs off from `poll` to 8 x `poll`, so a long-Parked job costs its stub about one
+        // list and one get per 8 s.
+        let mut last_seen: Option<(Option<JobPhase>, i64)> = None;
+        let mut quiet_rounds = 0u32;
         loop {
             let next = self
                 .workload_pods()
@@ -302,6 +307,13 @@ impl Stitcher {
                 return Ok(Ended::Deleted);
             };
             let status = job.status.unwrap_or_default();
+            let seen = Some((status.phase, status.pod_generation));
+            if seen == last_seen {
+                quiet_rounds = (quiet_rounds + 1).min(3);
+            } else {
+                quiet_rounds = 0;
+                last_seen = seen;
+            }
             if let Some(tx) = &self.phase_tx {
                 tx.send_replace(status.phase);
             }
@@ -320,7 +332,7 @@ impl Stitcher {
             if !self.options.follow {
                 return Ok(Ended::Caught);
             }
-            tokio::time::sleep(self.options.poll).await;
+            tokio::time::sleep(self.options.poll * (1 << quiet_rounds)).await;
         }
     }
 

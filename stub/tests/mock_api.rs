@@ -738,3 +738,46 @@ async fn transient_read_failures_are_retried_not_dropped() {
     reply(send, 201, &body);
     assert_eq!(task.await.expect("task").expect("sent").seq, 1);
 }
+
+/// If this fails, a stub whose job sits Parked for hours would poll the API server every second
+/// (two requests each) instead of backing off to one round per 8 polls. Virtual time: no waiting.
+#[tokio::test(start_paused = true)]
+async fn polling_backs_off_while_the_job_is_parked() {
+    let fake = Arc::new(Mutex::new(FakeApi {
+        job: Some(job("Parked", None)),
+        ..FakeApi::default()
+    }));
+    let (client, server) = support::mock_client(fake.clone());
+    let stitcher = Stitcher::new(
+        Api::namespaced(client.clone(), NS),
+        Api::<Pod>::namespaced(client, NS),
+        JOB,
+        FollowOptions {
+            follow: true,
+            poll: Duration::from_secs(1),
+        },
+    );
+    let task = tokio::spawn(async move { stitcher.run(&mut Vec::new()).await });
+    // Rounds at t = 0, 1, 3, 7, 15, 23, 31, 39, 47, 55 s: ten in the first minute.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        fake.lock().unwrap().requests.len(),
+        20,
+        "{:?}",
+        fake.lock().unwrap().requests
+    );
+    // A change (the job is restored and ends) is picked up at the next round.
+    fake.lock().unwrap().job = Some(job("Succeeded", Some(0)));
+    let ended = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("ended")
+        .expect("task");
+    assert_eq!(
+        ended.expect("ok"),
+        Ended::Finished {
+            phase: JobPhase::Succeeded,
+            exit_code: Some(0)
+        }
+    );
+    server.abort();
+}

@@ -364,8 +364,17 @@ pub async fn logs<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin>(
     poll: std::time::Duration,
     io: &mut Io<'_, O, E>,
 ) -> Result<i32, CliError> {
+    let jobs: Api<MigratableJob> = Api::namespaced(client.clone(), ns);
+    let job = get_job(&jobs, ns, &args.job).await?;
+    if let Some(n) = job.spec.parallelism {
+        return Err(CliError::Invalid(format!(
+            "migratablejob/{0} is a parallel job: its output is in its {n} instances, e.g. `kubectl lodger logs {0}-0` (up to {0}-{1})",
+            args.job,
+            n - 1
+        )));
+    }
     let ended = Stitcher::new(
-        Api::namespaced(client.clone(), ns),
+        jobs,
         Api::<Pod>::namespaced(client, ns),
         &args.job,
         FollowOptions {

@@ -541,14 +541,39 @@ async fn logs_of_a_missing_job_is_an_error() {
         )
         .await
     });
-    let (_, _, _, _, send) = next(&mut handle).await;
-    reply(
-        send,
-        200,
-        &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
-    );
-    let (_, _, _, _, send) = next(&mut handle).await;
+    let (_, uri, _, _, send) = next(&mut handle).await;
+    assert_eq!(uri, format!("{JOBS}/nope"));
     reply(send, 404, &not_found("migratablejobs.lodger.dev \"nope\""));
     let err = task.await.unwrap().expect_err("missing");
     assert!(matches!(err, CliError::JobNotFound { .. }), "{err}");
+}
+
+/// If this fails, `logs` of a parallel job would print nothing instead of pointing at its
+/// instances, whose output it is.
+#[tokio::test]
+async fn logs_of_a_parallel_job_points_at_its_instances() {
+    let (client, mut handle) = mock();
+    let args = LogsArgs {
+        job: "render".into(),
+        follow: true,
+    };
+    let task = tokio::spawn(async move {
+        commands::logs(
+            client,
+            NS,
+            &args,
+            Duration::from_millis(1),
+            &mut Captured::new().io(),
+        )
+        .await
+    });
+    let (_, _, _, _, send) = next(&mut handle).await;
+    let mut parent = job("render", "Running", None, None);
+    parent["spec"]["parallelism"] = json!(4);
+    reply(send, 200, &parent);
+    let err = task.await.unwrap().expect_err("parallel");
+    assert_eq!(
+        err.to_string(),
+        "migratablejob/render is a parallel job: its output is in its 4 instances, e.g. `kubectl lodger logs render-0` (up to render-3)"
+    );
 }

@@ -11,8 +11,10 @@
 //!   since. Needs soft-dirty tracking; [`crate::Engine::plan`] falls back to StopAndCopy where the
 //!   kernel lacks it (as on the machine Lodger is developed on: that path is untested there).
 //!
-//! On any failure the partial image directory (it never got a manifest) is removed and CRIU has
-//! resumed the job: a failed dump leaves the job running where it was.
+//! On any failure the partial image directory (it never got a manifest) is removed and the job
+//! resumes: a failed dump leaves the job running where it was. An eager dump that takes the job
+//! away runs `--leave-stopped`; the engine kills the stopped tree only after the manifest is
+//! durable (and sends it SIGCONT if anything fails before that).
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -23,6 +25,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::criu::{self, CriuError};
 use crate::layout;
@@ -202,7 +206,9 @@ impl Engine {
                     ..DumpFigures::default()
                 },
                 None => {
-                    let s = stats::read_dump_stats(&dir)?;
+                    // CRIU writes stats-dump into its work directory when one is given.
+                    let s = stats::read_dump_stats(&spec.work_dir)
+                        .or_else(|_| stats::read_dump_stats(&dir))?;
                     DumpFigures {
                         freezing_us: s.freezing_time_us,
                         frozen_us: s.frozen_time_us,
@@ -224,13 +230,23 @@ impl Engine {
             layout::restrict_modes(&dir)?;
             Ok((figures, stopped_at))
         };
+        // NB: an eager dump that stops the job leaves it stopped (`--leave-stopped`) rather than
+        // killed: the job dies only once the manifest is durable, and resumes if anything fails
+        // before that, so a checkpoint can never lose the job.
+        let stopped_tree = (page_server.is_none() && !spec.leave_running).then_some(spec.pid);
+        let abandon = |page_server: Option<PageServer>| {
+            if let Some(ps) = page_server {
+                ps.abort();
+            }
+            if let Some(root) = stopped_tree {
+                signal_tree(root, Signal::SIGCONT);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        };
         let (mut figures, stopped_at) = match finish() {
             Ok(v) => v,
             Err(e) => {
-                if let Some(ps) = page_server {
-                    ps.abort();
-                }
-                let _ = std::fs::remove_dir_all(&dir);
+                abandon(page_server);
                 return Err(e);
             }
         };
@@ -262,13 +278,13 @@ impl Engine {
         let manifest = match write() {
             Ok(m) => m,
             Err(e) => {
-                if let Some(ps) = page_server {
-                    ps.abort();
-                }
-                let _ = std::fs::remove_dir_all(&dir);
+                abandon(page_server);
                 return Err(e);
             }
         };
+        if let Some(root) = stopped_tree {
+            signal_tree(root, Signal::SIGKILL);
+        }
         tracing::info!(
             dir = %dir.display(),
             %strategy,
@@ -329,9 +345,14 @@ impl Engine {
         extra: &[OsString],
     ) -> Result<(), EngineError> {
         let mut args = self.base_args("dump", spec, dir, "dump.log");
-        if spec.leave_running {
-            args.push("--leave-running".into());
-        }
+        args.push(
+            if spec.leave_running {
+                "--leave-running"
+            } else {
+                "--leave-stopped"
+            }
+            .into(),
+        );
         args.extend(extra.iter().cloned());
         let log = spec.work_dir.join("dump.log");
         self.criu.run(
@@ -454,6 +475,37 @@ impl Engine {
             .unwrap_or_else(|| spec.page_server_listen.ip().to_string());
         ps.address = format!("{host}:{port}");
         Ok(ps)
+    }
+}
+
+/// The PIDs of the tree rooted at `root` (root first), from /proc/<pid>/task/<tid>/children.
+pub fn process_tree(root: i32) -> Vec<i32> {
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() {
+        let pid = tree[next];
+        next += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            tree.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+    }
+    tree
+}
+
+/// Sends `signal` to every process of the tree rooted at `root`.
+fn signal_tree(root: i32, signal: Signal) {
+    let tree = process_tree(root);
+    for pid in tree {
+        let _ = kill(Pid::from_raw(pid), signal);
     }
 }
 

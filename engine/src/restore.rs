@@ -190,6 +190,10 @@ impl Engine {
             "restore.log".into(),
             "-v4".into(),
             "--manage-cgroups=ignore".into(),
+            // The job's mount namespace is rebuilt on top of this root (CRIU needs it named when
+            // a mount namespace was dumped).
+            "--root".into(),
+            "/".into(),
             "--restore-detached".into(),
             "--pidfile".into(),
             pidfile.clone().into(),

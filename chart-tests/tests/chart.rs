@@ -166,14 +166,9 @@ fn allow_lists() -> Vec<(&'static str, BTreeSet<Grant>)> {
         (
             "ClusterRole/lodger-stub",
             allow(&[
-                (
-                    "lodger.dev",
-                    "jobsignals",
-                    &["get", "list", "watch", "create"],
-                    "",
-                ),
-                ("lodger.dev", "migratablejobs", R, ""),
-                ("", "pods", R, ""),
+                ("lodger.dev", "jobsignals", &["create", "list"], ""),
+                ("lodger.dev", "migratablejobs", &["get"], ""),
+                ("", "pods", &["get", "list"], ""),
                 ("", "pods/log", &["get"], ""),
             ]),
         ),

@@ -413,7 +413,13 @@ pub fn checkpoint(
             },
             reason,
             leave_running,
-            deadline_seconds: 300,
+            // Periodic dumps may take their time; a migration must be done within the grace
+            // period the owner was promised (at least a minute, for large images).
+            deadline_seconds: if leave_running {
+                300
+            } else {
+                job.spec.migration.grace_period_seconds.clamp(60, 3600)
+            },
         },
     );
     ck.metadata = meta(

@@ -213,6 +213,11 @@ impl NodeBuilder {
         self.0["status"]["conditions"] = json!([{"type": "Ready", "status": "Unknown"}]);
         self
     }
+    pub fn not_ready_since(mut self, secs: i64) -> Self {
+        self.0["status"]["conditions"] =
+            json!([{"type": "Ready", "status": "Unknown", "lastTransitionTime": rfc(secs)}]);
+        self
+    }
     pub fn not_workstation(mut self) -> Self {
         self.0["metadata"]["labels"]
             .as_object_mut()

@@ -808,6 +808,19 @@ impl<'a> Machine<'a> {
 
         if let Some((why, msg)) = eviction_trigger(self.o.job, &node_name, self.node(&node_name)) {
             if why == CheckpointReason::NodeLost {
+                // NB: a NotReady node may only be partitioned, its job still running. Wait the
+                // grace period (the taint manager evicts the pod then too) before starting a
+                // second copy elsewhere.
+                let grace = SignedDuration::from_secs(i64::from(
+                    self.o.job.spec.migration.grace_period_seconds,
+                ));
+                if let Some(since) = self.node(&node_name).and_then(|n| n.not_ready_since)
+                    && since + grace > self.o.now
+                {
+                    self.set(condition::READY, false, "NodeNotReady", &msg);
+                    self.requeue_at(since + grace);
+                    return "node-not-ready-grace";
+                }
                 return self.node_lost(&msg);
             }
             if state == PodState::Starting {
@@ -1850,6 +1863,19 @@ mod tests {
             .decide();
         assert_eq!(d.status.phase, Some(JobPhase::Failed));
         assert!(creates_pod(&d).is_none());
+
+        // NotReady for less than the grace period (30 s): wait, it may only be partitioned.
+        let d = running(JobBuilder::new("j"))
+            .node(NodeBuilder::new("a").not_ready_since(NOW - 10))
+            .target("b")
+            .decide();
+        assert!(d.effects.is_empty(), "{:?}", d.effects);
+        assert_eq!(d.requeue, Some(SignedDuration::from_secs(20)));
+        let d = running(JobBuilder::new("j"))
+            .node(NodeBuilder::new("a").not_ready_since(NOW - 31))
+            .target("b")
+            .decide();
+        assert_eq!(creates_pod(&d), Some((2, "b".into(), None)));
 
         // A node that vanished from the cluster counts as lost.
         let d = running(JobBuilder::new("j")).target("b").decide();

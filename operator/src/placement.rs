@@ -40,6 +40,8 @@ pub struct NodeInfo {
     pub taints: Vec<Taint>,
     /// Ready condition is True.
     pub ready: bool,
+    /// When the Ready condition last changed to something other than True.
+    pub not_ready_since: Option<Timestamp>,
     /// `spec.unschedulable` (cordoned).
     pub unschedulable: bool,
     /// Since when the node agent has seen it idle (None: not idle or not reported).
@@ -73,6 +75,13 @@ impl NodeInfo {
                 .and_then(|s| s.taints.clone())
                 .unwrap_or_default(),
             ready: node_ready(node),
+            not_ready_since: node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready" && c.status != "True"))
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0),
             unschedulable: node
                 .spec
                 .as_ref()
@@ -483,6 +492,19 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> BTreeMap<String, String> {
         })
         .collect();
 
+    // The smallest request in every dimension: a node that cannot fit it can take no job.
+    let smallest = snapshot
+        .demands
+        .iter()
+        .map(|d| d.requests)
+        .reduce(|a, b| Resources {
+            cpu: a.cpu.min(b.cpu),
+            memory: a.memory.min(b.memory),
+            pods: a.pods.min(b.pods),
+        })
+        .unwrap_or_default();
+    order.retain(|&n| smallest.fits_in(free[n]));
+
     let mut assigned = BTreeMap::new();
     while let Some(Reverse((count, _, user))) = heap.pop() {
         let Some(queue) = queues.get_mut(user) else {
@@ -490,7 +512,7 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> BTreeMap<String, String> {
         };
         let Some(i) = queue.pop() else { continue };
         let d = &snapshot.demands[i];
-        let chosen = order.iter().copied().find(|&n| {
+        let chosen = order.iter().position(|&n| {
             let node = &snapshot.nodes[n];
             d.requests.fits_in(free[n])
                 && d.exclude.as_deref() != Some(node.name.as_str())
@@ -503,8 +525,13 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> BTreeMap<String, String> {
                 && constraints_match(d, node)
         });
         let count = match chosen {
-            Some(n) => {
+            Some(pos) => {
+                let n = order[pos];
                 free[n] = free[n].minus(d.requests);
+                if !smallest.fits_in(free[n]) {
+                    // Full for every job: stop scanning it (free room only shrinks here).
+                    order.remove(pos);
+                }
                 let name = snapshot.nodes[n].name.as_str();
                 if let Some(p) = &d.parent {
                     sibling_nodes.insert((p.as_str(), name));

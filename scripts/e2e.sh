@@ -11,6 +11,7 @@
 #   LODGER_E2E_SETUP      manifest applied before the install and deleted after it
 #   LODGER_HELM           helm binary (default tools/node_modules/.bin/helm, from `make tools`)
 #   KUBECTL               kubectl binary (default: kubectl on PATH)
+#   CARGO                 cargo binary (default: cargo on PATH)
 #
 # It installs the chart (`helm upgrade --install`, idle detection off), waits for the operator
 # and the node agents, runs `cargo test -p lodger-e2e -- --test-threads=1`, uninstalls, and
@@ -30,6 +31,7 @@ NS=${LODGER_E2E_NAMESPACE:-lodger-system}
 RELEASE=lodger
 HELM=${LODGER_HELM:-$ROOT/tools/node_modules/.bin/helm}
 KUBECTL=${KUBECTL:-kubectl}
+CARGO=${CARGO:-cargo}
 [ -x "$HELM" ] || { echo "e2e: helm not found at $HELM: run 'make tools'" >&2; exit 1; }
 command -v "$KUBECTL" >/dev/null || { echo "e2e: kubectl not found (set KUBECTL)" >&2; exit 1; }
 
@@ -123,4 +125,4 @@ log "installing chart with image $repo:$tag into $NS"
 "$KUBECTL" -n "$NS" rollout status daemonset/lodger-node-agent --timeout=3m
 
 log "running scenarios"
-cargo test --locked -p lodger-e2e -- --test-threads=1
+"$CARGO" test --locked -p lodger-e2e -- --test-threads=1

@@ -131,3 +131,169 @@ fn kind_files_fit_the_chart() {
         );
     }
 }
+
+/// Fake `kubectl`, `helm` and `cargo` for driving scripts/e2e.sh without a cluster: each logs
+/// its arguments to `$FAKE_LOG`; kubectl reports leftovers when `$FAKE_LEFTOVER` is set and
+/// changes a node's state when `$FAKE_NODE_DRIFT` is set; cargo exits `$FAKE_TEST_RC`.
+const FAKE_KUBECTL: &str = r#"#!/bin/bash
+echo "kubectl $*" >>"$FAKE_LOG"
+case "$*" in
+  "get nodes -o jsonpath="*)
+    if [ -n "${FAKE_NODE_DRIFT:-}" ] && grep -q '^cargo ' "$FAKE_LOG"; then
+      printf 'desk-1 idle=true unschedulable= taints=lodger.dev/owner-active\n'
+    else
+      printf 'desk-1 idle=false unschedulable= taints=\n'
+    fi ;;
+  "get namespace lodger-system") exit 1 ;;
+  "get clusterrole,"*) [ -n "${FAKE_LEFTOVER:-}" ] && echo "clusterrole.rbac.authorization.k8s.io/lodger-stub" ;;
+  *) ;;
+esac
+exit 0
+"#;
+
+const FAKE_HELM: &str = r#"#!/bin/bash
+echo "helm $*" >>"$FAKE_LOG"
+case "$1" in
+  status) exit 1 ;;
+esac
+exit 0
+"#;
+
+const FAKE_CARGO: &str = r#"#!/bin/bash
+echo "cargo $*" >>"$FAKE_LOG"
+exit "${FAKE_TEST_RC:-0}"
+"#;
+
+struct Run {
+    rc: i32,
+    log: String,
+    stderr: String,
+}
+
+fn run_e2e(image: &str, env: &[(&str, &str)]) -> Run {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for (name, body) in [
+        ("kubectl", FAKE_KUBECTL),
+        ("helm", FAKE_HELM),
+        ("cargo", FAKE_CARGO),
+    ] {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        paths.push(p);
+    }
+    let log = tmp.path().join("log");
+    std::fs::write(&log, "").unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace_root().join("scripts/e2e.sh"))
+        .env("KUBECONFIG", tmp.path().join("kubeconfig"))
+        .env("LODGER_IMAGE", image)
+        .env("KUBECTL", &paths[0])
+        .env("LODGER_HELM", &paths[1])
+        .env("CARGO", &paths[2])
+        .env("FAKE_LOG", &log)
+        .env_remove("LODGER_E2E_VALUES")
+        .env_remove("LODGER_E2E_SETUP")
+        .env_remove("LODGER_E2E_NAMESPACE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("bash runs");
+    Run {
+        rc: out.status.code().unwrap_or(-1),
+        log: std::fs::read_to_string(&log).unwrap(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// With a cluster, e2e.sh installs the chart with the image split into repository and tag (a
+/// registry port is not a tag), idle detection off and the extra values file, waits for both
+/// workloads, runs the scenarios single-threaded, then uninstalls, deletes the CRDs and the
+/// namespace it created, and checks nothing is left.
+/// If this fails, `make e2e` would test the wrong image, race scenarios or leave the cluster
+/// dirty.
+#[test]
+fn e2e_script_installs_runs_and_cleans_up() {
+    let values = workspace_root().join("e2e/kind/values.yaml");
+    let run = run_e2e(
+        "registry.lab:5000/lodger:e2e-1",
+        &[("LODGER_E2E_VALUES", values.to_str().unwrap())],
+    );
+    assert_eq!(run.rc, 0, "e2e.sh failed:\n{}\n{}", run.log, run.stderr);
+    let lines: Vec<&str> = run.log.lines().collect();
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("e2e.sh never ran {needle:?}:\n{}", run.log))
+    };
+    let install = lines[pos("helm upgrade --install lodger")];
+    for arg in [
+        "--set image.repository=registry.lab:5000/lodger",
+        "--set image.tag=e2e-1",
+        "--set agent.detection.enabled=false",
+        "--namespace lodger-system",
+        "--wait",
+    ] {
+        assert!(install.contains(arg), "install lacks {arg}: {install}");
+    }
+    assert!(
+        install.contains(&format!("--values {}", values.display())),
+        "{install}"
+    );
+    assert!(pos("kubectl create namespace lodger-system") < pos("helm upgrade --install"));
+    assert!(pos("rollout status deployment/lodger-operator") > pos("helm upgrade --install"));
+    assert!(pos("rollout status daemonset/lodger-node-agent") > pos("helm upgrade --install"));
+    let test = pos("cargo test --locked -p lodger-e2e -- --test-threads=1");
+    assert!(test > pos("rollout status daemonset/lodger-node-agent"));
+    assert!(pos("helm uninstall lodger --namespace lodger-system") > test);
+    for crd in ["migratablejobs", "checkpoints", "jobsignals"] {
+        assert!(
+            pos(&format!("crds/{crd}.lodger.dev.yaml")) > test,
+            "CRD {crd} not deleted"
+        );
+    }
+    assert!(pos("kubectl delete namespace lodger-system") > test);
+    assert!(run.stderr.contains("nothing left behind"), "{}", run.stderr);
+}
+
+/// A failing scenario run makes e2e.sh fail (after cleaning up); leftovers or nodes not put
+/// back make it fail even when the scenarios passed.
+/// If this fails, `make e2e` could report success over a failed run or a dirty cluster.
+#[test]
+fn e2e_script_fails_on_test_failure_or_leftovers() {
+    let run = run_e2e("lodger:e2e", &[("FAKE_TEST_RC", "101")]);
+    assert_eq!(
+        run.rc, 101,
+        "the scenarios' status must be e2e.sh's: {}",
+        run.stderr
+    );
+    assert!(
+        run.log.contains("helm uninstall"),
+        "cleanup must run after a failure"
+    );
+
+    let run = run_e2e("lodger:e2e", &[("FAKE_LEFTOVER", "1")]);
+    assert_ne!(run.rc, 0, "leftovers must fail the run");
+    assert!(
+        run.stderr.contains("LEFT BEHIND") && run.stderr.contains("lodger-stub"),
+        "{}",
+        run.stderr
+    );
+
+    let run = run_e2e("lodger:e2e", &[("FAKE_NODE_DRIFT", "1")]);
+    assert_ne!(run.rc, 0, "a node left tainted must fail the run");
+    assert!(run.stderr.contains("node-state"), "{}", run.stderr);
+
+    // An image without a tag is :latest.
+    let run = run_e2e("lodger", &[]);
+    assert_eq!(run.rc, 0, "{}", run.stderr);
+    assert!(
+        run.log
+            .contains("--set image.repository=lodger --set image.tag=latest"),
+        "{}",
+        run.log
+    );
+}

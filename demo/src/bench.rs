@@ -90,15 +90,20 @@ pub struct EngineSample {
     pub moved_bytes: u64,
 }
 
-/// One raw CRIU migration (`criu dump` then `criu restore`, eager).
+/// One raw CRIU migration: `criu dump` (with `--lazy-pages` for PostCopy), then `criu restore`
+/// (with a `criu lazy-pages` daemon for LazyRestore and PostCopy).
 #[derive(Debug, Clone, Copy)]
 pub struct RawSample {
-    /// Freeze time CRIU reports.
+    /// The strategy reproduced by hand.
+    pub strategy: Strategy,
+    /// Freeze time CRIU reports (PostCopy: until the page server was ready).
     pub freeze_ms: u64,
-    /// Wall time of `criu dump`.
+    /// Wall time of `criu dump` (PostCopy: until the page server was ready).
     pub dump_ms: u64,
-    /// Wall time of `criu restore`.
-    pub restore_ms: u64,
+    /// From the dump's end until `criu restore` returned (lazy-pages daemon start included).
+    pub resume_ms: u64,
+    /// From the dump's end until every page was back.
+    pub complete_ms: u64,
     /// Bytes of image files.
     pub image_bytes: u64,
 }
@@ -238,7 +243,7 @@ pub fn free_loopback_port() -> Result<std::net::SocketAddr, BenchError> {
         .map_err(|e| step("find a free loopback port", e))
 }
 
-fn run_criu(cfg: &BenchConfig, args: &[&str], what: &str) -> Result<u64, BenchError> {
+fn run_criu(cfg: &BenchConfig, args: &[String], what: &str) -> Result<u64, BenchError> {
     let t = Instant::now();
     let status = Command::new(&cfg.criu)
         .args(args)
@@ -263,66 +268,182 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Migrates a fresh workload once with the raw CRIU CLI (what a person would type).
-pub fn measure_raw(cfg: &BenchConfig, mib: u64, run: u32) -> Result<RawSample, BenchError> {
-    let dir = cfg.dir.join(format!("raw-{mib}-{run}"));
-    let result = measure_raw_in(cfg, mib, &dir);
+/// Migrates a fresh workload once with the raw CRIU CLI (what a person would type), the way
+/// `strategy` does it.
+pub fn measure_raw(
+    cfg: &BenchConfig,
+    mib: u64,
+    strategy: Strategy,
+    run: u32,
+) -> Result<RawSample, BenchError> {
+    let dir = cfg.dir.join(format!("raw-{mib}-{strategy}-{run}"));
+    let result = measure_raw_in(cfg, mib, strategy, &dir);
     if !cfg.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
 
-fn measure_raw_in(cfg: &BenchConfig, mib: u64, dir: &Path) -> Result<RawSample, BenchError> {
+/// Spawns CRIU with `--status-fd` and waits until it reports readiness (lazy-pages daemon,
+/// lazy dump's page server).
+fn spawn_criu_ready(
+    cfg: &BenchConfig,
+    args: &[String],
+    what: &str,
+) -> Result<std::process::Child, BenchError> {
+    use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::{AsFd, AsRawFd};
+    let (rx, tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| step(what, e))?;
+    fcntl(&tx, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| step(what, e))?;
+    let mut child = Command::new(&cfg.criu)
+        .args(args)
+        .arg("--status-fd")
+        .arg(tx.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| step(what, e))?;
+    drop(tx);
+    let mut fds = [PollFd::new(rx.as_fd(), PollFlags::POLLIN)];
+    let ready = poll(&mut fds, PollTimeout::from(60_000u16))
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|_| {
+            let mut byte = [0u8; 1];
+            nix::unistd::read(&rx, &mut byte).ok()
+        })
+        == Some(1);
+    if !ready {
+        let _ = child.kill();
+        let status = child.wait();
+        return Err(step(what, format!("CRIU never became ready ({status:?})")));
+    }
+    Ok(child)
+}
+
+fn wait_criu(mut child: std::process::Child, what: &str) -> Result<(), BenchError> {
+    let status = child.wait().map_err(|e| step(what, e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(step(what, format!("criu exited with {status}")))
+    }
+}
+
+fn measure_raw_in(
+    cfg: &BenchConfig,
+    mib: u64,
+    strategy: Strategy,
+    dir: &Path,
+) -> Result<RawSample, BenchError> {
     let mut wl = Workload::start(&workload_spec(cfg, mib, dir), start_timeout(mib))?;
     let img = dir.join("img");
-    std::fs::create_dir_all(&img).map_err(|e| step("create the image dir", e))?;
-    let img_s = img.display().to_string();
-    let pidfile = dir.join("restore.pid").display().to_string();
-    let pid = wl.pid.to_string();
-    nix::unistd::sync();
-    let dump_ms = run_criu(
-        cfg,
-        &[
-            "dump",
-            "-t",
-            &pid,
-            "-D",
-            &img_s,
+    let dump_work = dir.join("work-dump");
+    let restore_work = dir.join("work-restore");
+    for d in [&img, &dump_work, &restore_work] {
+        std::fs::create_dir_all(d).map_err(|e| step("create the raw dirs", e))?;
+    }
+    let s = |p: &Path| p.display().to_string();
+    let pidfile = s(&dir.join("restore.pid"));
+    let port = free_loopback_port()?.port().to_string();
+    let mut dump: Vec<String> = ["dump", "-t", &wl.pid.to_string(), "-D", &s(&img)]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    dump.extend(
+        [
+            "-W",
+            &s(&dump_work),
             "-o",
             "dump.log",
             "--manage-cgroups=ignore",
-        ],
-        "criu dump",
-    )?;
-    wl.reap_launcher();
-    let stats = lodger_engine::stats::read_dump_stats(&img).map_err(EngineError::from)?;
-    let image_bytes =
-        dir_bytes(&img) - std::fs::metadata(img.join("dump.log")).map_or(0, |m| m.len());
-    let restore_ms = run_criu(
-        cfg,
-        &[
-            "restore",
-            "-D",
-            &img_s,
+        ]
+        .map(String::from),
+    );
+    let mut restore: Vec<String> = ["restore", "-D", &s(&img), "-W", &s(&restore_work)]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    restore.extend(
+        [
             "-o",
             "restore.log",
             "--manage-cgroups=ignore",
             "--restore-detached",
             "--pidfile",
             &pidfile,
-        ],
-        "criu restore",
-    )?;
+        ]
+        .map(String::from),
+    );
+    let mut lazy: Vec<String> = ["lazy-pages", "-D", &s(&img), "-W", &s(&restore_work)]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    lazy.extend(["-o", "lazy-pages.log"].map(String::from));
+    nix::unistd::sync();
+    let t0 = Instant::now();
+    let mut page_server = None;
+    match strategy {
+        Strategy::PostCopy => {
+            let _ = lodger_engine::checkpoint::raise_pipe_max_size();
+            dump.extend(
+                ["--lazy-pages", "--address", "127.0.0.1", "--port", &port].map(String::from),
+            );
+            page_server = Some(spawn_criu_ready(cfg, &dump, "criu dump --lazy-pages")?);
+        }
+        _ => {
+            run_criu(cfg, &dump, "criu dump")?;
+        }
+    }
+    let dump_ms = ms(t0.elapsed());
+    let freeze_ms = match strategy {
+        Strategy::PostCopy => dump_ms,
+        _ => lodger_engine::stats::read_dump_stats(&dump_work)
+            .map_err(EngineError::from)?
+            .freeze_ms(),
+    };
+    let image_bytes = dir_bytes(&img);
+    let t1 = Instant::now();
+    let mut daemon = None;
+    match strategy {
+        Strategy::LazyRestore => {
+            daemon = Some(spawn_criu_ready(cfg, &lazy, "criu lazy-pages")?);
+            restore.push("--lazy-pages".into());
+        }
+        Strategy::PostCopy => {
+            lazy.extend(
+                ["--page-server", "--address", "127.0.0.1", "--port", &port].map(String::from),
+            );
+            daemon = Some(spawn_criu_ready(
+                cfg,
+                &lazy,
+                "criu lazy-pages --page-server",
+            )?);
+            restore.push("--lazy-pages".into());
+        }
+        _ => {}
+    }
+    run_criu(cfg, &restore, "criu restore")?;
+    let resume_ms = ms(t1.elapsed());
+    if let Some(d) = daemon {
+        wait_criu(d, "criu lazy-pages")?;
+    }
+    if let Some(p) = page_server {
+        wait_criu(p, "criu dump --lazy-pages (page server)")?;
+    }
+    let complete_ms = ms(t1.elapsed());
+    wl.reap_launcher();
     let restored: i32 = std::fs::read_to_string(&pidfile)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| step("read criu's pid file", &pidfile))?;
     check_survived(wl, restored, mib)?;
     Ok(RawSample {
-        freeze_ms: stats.freeze_ms(),
+        strategy,
+        freeze_ms,
         dump_ms,
-        restore_ms,
+        resume_ms,
+        complete_ms,
         image_bytes,
     })
 }
@@ -428,46 +549,75 @@ pub fn engine_table(results: &[SizeResults]) -> String {
     t
 }
 
-/// The comparison table: engine StopAndCopy vs raw CRIU vs dd, medians over runs.
-pub fn comparison_table(results: &[SizeResults]) -> String {
+/// Engine vs raw CRIU, one row per (RSS, strategy) measured both ways, medians over runs.
+pub fn raw_table(results: &[SizeResults]) -> String {
     let mut t = String::from(
-        "| RSS | engine dump ms | raw dump ms | engine restore ms | raw restore ms | engine/raw (dump+restore) | engine dump MB/s | raw dump MB/s | dd fsync MB/s | dd cache MB/s | engine/dd fsync | engine/dd cache |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| RSS | strategy | engine dump ms | raw dump ms | engine resumed ms | raw resumed ms | engine all back ms | raw all back ms | engine/raw (dump → all back) |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for size in results {
-        let sac: Vec<&EngineSample> = size
-            .engine
-            .iter()
-            .filter(|s| s.requested == Strategy::StopAndCopy)
-            .collect();
-        if sac.is_empty() && size.raw.is_empty() {
+        let mut strategies: Vec<Strategy> = Vec::new();
+        for r in &size.raw {
+            if !strategies.contains(&r.strategy) {
+                strategies.push(r.strategy);
+            }
+        }
+        for strategy in strategies {
+            let eng: Vec<&EngineSample> = size
+                .engine
+                .iter()
+                .filter(|s| s.requested == strategy && s.used == strategy)
+                .collect();
+            let raw: Vec<&RawSample> = size.raw.iter().filter(|s| s.strategy == strategy).collect();
+            let e_dump = median(eng.iter().map(|s| s.dump_ms));
+            let e_resume = median(eng.iter().map(|s| s.resume_ms));
+            let e_all = median(eng.iter().map(|s| s.complete_ms));
+            let r_dump = median(raw.iter().map(|s| s.dump_ms));
+            let r_resume = median(raw.iter().map(|s| s.resume_ms));
+            let r_all = median(raw.iter().map(|s| s.complete_ms));
+            let _ = writeln!(
+                t,
+                "| {} MiB | {strategy} | {e_dump} | {r_dump} | {e_resume} | {r_resume} | {e_all} | {r_all} | {} |",
+                size.mib,
+                if eng.is_empty() {
+                    "-".to_string()
+                } else {
+                    ratio((e_dump + e_all) as f64, (r_dump + r_all) as f64)
+                },
+            );
+        }
+    }
+    t
+}
+
+/// Dump throughput (StopAndCopy) of the engine and raw CRIU vs `dd`, medians over runs.
+pub fn dd_table(results: &[SizeResults]) -> String {
+    let mut t = String::from(
+        "| RSS | engine dump MB/s | raw CRIU dump MB/s | dd conv=fsync MB/s | dd (page cache) MB/s | engine/dd fsync | engine/dd cache | raw/dd fsync |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for size in results {
+        if size.dd.is_empty() {
             continue;
         }
-        let e_dump = median(sac.iter().map(|s| s.dump_ms));
-        let e_restore = median(sac.iter().map(|s| s.resume_ms));
-        let e_bytes = median(sac.iter().map(|s| s.image_bytes));
-        let r_dump = median(size.raw.iter().map(|s| s.dump_ms));
-        let r_restore = median(size.raw.iter().map(|s| s.restore_ms));
-        let r_bytes = median(size.raw.iter().map(|s| s.image_bytes));
-        let dd_bytes = size.dd.first().map_or(0, |d| d.bytes);
+        let sac = |s: &&EngineSample| s.requested == Strategy::StopAndCopy;
+        let e_bytes = median(size.engine.iter().filter(sac).map(|s| s.image_bytes));
+        let e_dump = median(size.engine.iter().filter(sac).map(|s| s.dump_ms));
+        let raw_sac = |s: &&RawSample| s.strategy == Strategy::StopAndCopy;
+        let r_bytes = median(size.raw.iter().filter(raw_sac).map(|s| s.image_bytes));
+        let r_dump = median(size.raw.iter().filter(raw_sac).map(|s| s.dump_ms));
+        let dd_bytes = size.dd[0].bytes;
         let dd_fsync = mb_per_s(dd_bytes, median(size.dd.iter().map(|d| d.fsync_ms)));
         let dd_cache = mb_per_s(dd_bytes, median(size.dd.iter().map(|d| d.cache_ms)));
         let e_tput = mb_per_s(e_bytes, e_dump);
+        let r_tput = mb_per_s(r_bytes, r_dump);
         let _ = writeln!(
             t,
-            "| {} MiB | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            "| {} MiB | {e_tput:.0} | {r_tput:.0} | {dd_fsync:.0} | {dd_cache:.0} | {} | {} | {} |",
             size.mib,
-            e_dump,
-            r_dump,
-            e_restore,
-            r_restore,
-            ratio((e_dump + e_restore) as f64, (r_dump + r_restore) as f64),
-            e_tput,
-            mb_per_s(r_bytes, r_dump),
-            dd_fsync,
-            dd_cache,
             ratio(e_tput, dd_fsync),
             ratio(e_tput, dd_cache),
+            ratio(r_tput, dd_fsync),
         );
     }
     t
@@ -563,9 +713,11 @@ mod tests {
                 sample(Strategy::PreCopy, Strategy::StopAndCopy, 210),
             ],
             raw: vec![RawSample {
+                strategy: Strategy::StopAndCopy,
                 freeze_ms: 10,
                 dump_ms: 100,
-                restore_ms: 100,
+                resume_ms: 100,
+                complete_ms: 100,
                 image_bytes: 64 * 1024 * 1024,
             }],
             dd: vec![DdSample {
@@ -578,10 +730,16 @@ mod tests {
         assert_eq!(engine.lines().count(), 4, "{engine}");
         assert!(engine.contains("| 64 MiB | StopAndCopy | 2 |"), "{engine}");
         assert!(engine.contains("PreCopy → StopAndCopy | 1 |"), "{engine}");
-        let cmp = comparison_table(&results);
-        // engine (200 + 100) / raw (100 + 100) = 1.50x; engine dump 2x dd fsync's time.
-        assert!(cmp.contains("| 1.50x |"), "{cmp}");
-        assert!(cmp.contains("| 2.00x | 0.50x |"), "{cmp}");
+        let raw = raw_table(&results);
+        // engine (median dump 200 + all back 100) / raw (100 + 100) = 1.50x.
+        assert!(
+            raw.contains("| 64 MiB | StopAndCopy | 200 | 100 |"),
+            "{raw}"
+        );
+        assert!(raw.contains("| 1.50x |"), "{raw}");
+        let dd = dd_table(&results);
+        // engine dumps 64 MiB in 200 ms, dd in 400 ms (fsync) and 100 ms (cache); raw in 100 ms.
+        assert!(dd.contains("| 2.00x | 0.50x | 4.00x |"), "{dd}");
         assert_eq!(fallbacks(&results), ["PreCopy: no soft-dirty"]);
     }
 }

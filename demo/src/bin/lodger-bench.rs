@@ -100,12 +100,25 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if !args.no_baselines {
-            for run in 0..cfg.runs {
-                eprintln!("bench: {mib} MiB raw criu run {}/{}", run + 1, cfg.runs);
-                match bench::measure_raw(&cfg, mib, run) {
-                    Ok(s) => size.raw.push(s),
-                    Err(e) => failures.push(format!("{mib} MiB raw criu run {run}: {e}")),
+            for &strategy in &cfg.strategies {
+                if strategy == Strategy::PreCopy {
+                    continue;
                 }
+                for run in 0..cfg.runs {
+                    eprintln!(
+                        "bench: {mib} MiB raw criu {strategy} run {}/{}",
+                        run + 1,
+                        cfg.runs
+                    );
+                    match bench::measure_raw(&cfg, mib, strategy, run) {
+                        Ok(s) => size.raw.push(s),
+                        Err(e) => {
+                            failures.push(format!("{mib} MiB raw criu {strategy} run {run}: {e}"))
+                        }
+                    }
+                }
+            }
+            for _ in 0..cfg.runs {
                 match bench::measure_dd(&cfg, mib) {
                     Ok(s) => size.dd.push(s),
                     Err(e) => failures.push(format!("{mib} MiB dd: {e}")),
@@ -116,10 +129,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("## Engine\n\n{}", bench::engine_table(&results));
     if !args.no_baselines {
-        println!(
-            "## Engine (StopAndCopy) vs raw CRIU vs dd\n\n{}",
-            bench::comparison_table(&results)
-        );
+        println!("## Engine vs raw CRIU\n\n{}", bench::raw_table(&results));
+        println!("## Dump throughput vs dd\n\n{}", bench::dd_table(&results));
     }
     for f in bench::fallbacks(&results) {
         println!("- fallback: {f}");

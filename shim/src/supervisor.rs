@@ -489,6 +489,16 @@ async fn supervise(
         path: socket.clone(),
         source,
     })?;
+    // NB: the node agent connects as a non-root uid in group 0 (the chart; docs/security.md);
+    // connect() needs write permission on the socket, which the usual umask (022) withholds.
+    std::fs::set_permissions(
+        &socket,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o660),
+    )
+    .map_err(|source| SupervisorError::Listen {
+        path: socket.clone(),
+        source,
+    })?;
     let accept_shim = Arc::clone(&shim);
     tokio::spawn(async move {
         loop {

@@ -56,6 +56,8 @@ created_ns=0
 if ! "$KUBECTL" get namespace "$NS" >/dev/null 2>&1; then
     "$KUBECTL" create namespace "$NS" >/dev/null
     created_ns=1
+    # The node agent mounts host paths, which Pod Security's baseline level refuses.
+    "$KUBECTL" label namespace "$NS" pod-security.kubernetes.io/enforce=privileged >/dev/null
 fi
 
 cleanup() {

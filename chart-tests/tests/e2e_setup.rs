@@ -244,6 +244,10 @@ fn e2e_script_installs_runs_and_cleans_up() {
         "{install}"
     );
     assert!(pos("kubectl create namespace lodger-system") < pos("helm upgrade --install"));
+    assert!(
+        pos("label namespace lodger-system pod-security.kubernetes.io/enforce=privileged")
+            < pos("helm upgrade --install")
+    );
     assert!(pos("rollout status deployment/lodger-operator") > pos("helm upgrade --install"));
     assert!(pos("rollout status daemonset/lodger-node-agent") > pos("helm upgrade --install"));
     let test = pos("cargo test --locked -p lodger-e2e -- --test-threads=1");

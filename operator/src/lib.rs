@@ -6,7 +6,7 @@
 //! apply and writes status; [`checkpoints`] removes a Checkpoint's files when it goes. Only the
 //! replica holding the [`lease`] acts. [`server`] exports metrics and health.
 //!
-//! Not done here (see docs/operator.md): a job-level finalizer removing the job's (by then
+//! Not done here (see operator/README.md): a job-level finalizer removing the job's (by then
 //! empty) checkpoint directory; reacting to a target node that is lost *while* a restore is in
 //! flight (the restore simply waits for the pod, which the taint manager then fails).
 
@@ -104,8 +104,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         shutdown.clone(),
     ));
 
+    // A follower waiting for the Lease is ready (it is healthy and rollouts must proceed); a
+    // new leader is not until its caches are synced.
+    ready.store(true, Ordering::Relaxed);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.lease_namespace);
     lease::acquire(&leases, &config.lease_name, &config.identity, &shutdown).await?;
+    ready.store(false, Ordering::Relaxed);
     let holder = tokio::spawn(lease::hold(
         leases.clone(),
         config.lease_name.clone(),

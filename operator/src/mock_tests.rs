@@ -808,3 +808,55 @@ async fn parallel_job_creates_instances() {
     reconcile_job(&ctx, &parent).await.unwrap();
     verifier.done().await;
 }
+
+/// A failing API call surfaces as an error with a stable category, a 5 s retry and a Warning
+/// Event carrying the error chain. If this breaks, failures are invisible to `kubectl describe`
+/// or retried in a hot loop.
+#[tokio::test]
+async fn api_failure_is_reported_and_retried() {
+    let (client, server) = ApiServer::new();
+    let job = running_job().build();
+    let ctx = context(
+        client,
+        &[NodeBuilder::new("a")],
+        std::slice::from_ref(&job),
+        tmp(),
+    );
+    let verifier = server.run(vec![
+        ApiServer::expect("GET", PODS, |_| {
+            (
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                         "message": "etcd is sad", "reason": "InternalError", "code": 500}),
+            )
+        }),
+        ApiServer::expect("POST", EVENTS, |b| {
+            assert_eq!(
+                (b["reason"].as_str(), b["type"].as_str()),
+                (Some("ReconcileError"), Some("Warning"))
+            );
+            let note = b["note"].as_str().unwrap();
+            assert!(
+                note.starts_with("list: failed to list pods of job j"),
+                "{note}"
+            );
+            assert!(note.contains("etcd is sad"), "{note}");
+            (201, b)
+        }),
+    ]);
+    let guard = Arc::new(DeserializeGuard(Ok(job.clone())));
+    let err = reconcile::reconcile(guard.clone(), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), "list");
+    assert_eq!(
+        reconcile::error_policy(guard, &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    verifier.done().await;
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("lodger_operator_reconcile_failures_total{category=\"list\"} 1")
+    );
+}

@@ -16,7 +16,7 @@
 //! - instances of one parallel job (same `lodger.dev/parent`) never share a node.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{
@@ -546,20 +546,6 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> BTreeMap<String, String> {
         }
     }
     assigned
-}
-
-/// Names of the nodes that are idle candidates (for logs and the unpark wake-up).
-pub fn idle_nodes(
-    snapshot: &Snapshot,
-    now: Timestamp,
-    min_idle: SignedDuration,
-) -> BTreeSet<String> {
-    snapshot
-        .nodes
-        .iter()
-        .filter(|n| n.idle_candidate(now, min_idle))
-        .map(|n| n.name.clone())
-        .collect()
 }
 
 #[cfg(test)]

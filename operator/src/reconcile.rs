@@ -248,7 +248,7 @@ fn update_phase_gauges(ctx: &Context) {
 
 /// What the controller does after an error: invalid objects wait for a change, the rest retry.
 pub fn error_policy(
-    _obj: Arc<DeserializeGuard<MigratableJob>>,
+    obj: Arc<DeserializeGuard<MigratableJob>>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
@@ -259,10 +259,31 @@ pub fn error_policy(
         })
         .inc();
     warn!(error = %error, category = error.category(), "reconcile failed");
-    match error {
-        Error::Invalid(_) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(5)),
+    if let (Error::Invalid(_), _) | (_, Err(_)) = (error, &obj.0) {
+        // Invalid objects were reported by the reconcile itself.
+        return Action::await_change();
     }
+    // A Warning Event with the error chain, published off the (synchronous) error policy.
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    let reference = obj.object_ref(&());
+    let category = error.category();
+    let publisher = ctx.clone();
+    tokio::spawn(async move {
+        let note = format!("{category}: {chain}");
+        if let Err(e) = publisher
+            .publish(&reference, true, reason::RECONCILE_ERROR, note)
+            .await
+        {
+            warn!(error = %e, "could not publish the error Event");
+        }
+    });
+    Action::requeue(Duration::from_secs(5))
 }
 
 /// A MigratableJob that does not even deserialize: Warning Event and Valid=False, then wait for a

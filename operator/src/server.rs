@@ -1,6 +1,6 @@
 //! HTTP endpoints (axum): `/metrics` (OpenMetrics text from [`crate::metrics::Metrics`]),
-//! `/healthz` (the process serves requests) and `/readyz` (this replica leads and its caches
-//! are synced; followers answer 503 so a Service sends nothing to them).
+//! `/healthz` (the process serves requests) and `/readyz` (503 only while a new leader syncs
+//! its caches; a follower waiting for the Lease is ready, so rollouts of two replicas proceed).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

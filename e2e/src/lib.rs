@@ -492,6 +492,17 @@ impl NodeSnapshot {
                 api.create(&PostParams::default(), &fresh)
                     .await
                     .with_context(|| format!("re-creating node {name}"))?;
+                // Its kubelet reports into the new object; later scenarios need it Ready.
+                let start = Instant::now();
+                loop {
+                    if api.get_opt(&name).await?.as_ref().is_some_and(is_ready) {
+                        break;
+                    }
+                    if start.elapsed() > Duration::from_secs(180) {
+                        bail!("re-created node {name} did not become Ready within 180 s");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 continue;
             };
             let label = |n: &Node| n.labels().get(LABEL_IDLE).cloned();

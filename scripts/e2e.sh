@@ -46,9 +46,13 @@ if [[ "$last" == *:* ]]; then
     repo=${LODGER_IMAGE%:*}
 fi
 
-# What the suite may touch on nodes, to compare after the run.
+# What the suite may touch on nodes, to compare after the run (taints: only Lodger's; the node
+# controller's own come and go).
 node_state() {
-    "$KUBECTL" get nodes -o jsonpath='{range .items[*]}{.metadata.name} idle={.metadata.labels.lodger\.dev/idle} unschedulable={.spec.unschedulable} taints={.spec.taints[*].key}{"\n"}{end}' | sort
+    "$KUBECTL" get nodes -o jsonpath='{range .items[*]}{.metadata.name} idle={.metadata.labels.lodger\.dev/idle} unschedulable={.spec.unschedulable} taints={.spec.taints[*].key}{"\n"}{end}' |
+        awk '{ out = $1 " " $2 " " $3 " taints="; sub(/^taints=/, "", $4);
+               for (i = 4; i <= NF; i++) if ($i ~ /^lodger\.dev\//) out = out $i ",";
+               print out }' | sort
 }
 nodes_before=$(node_state)
 

@@ -538,6 +538,56 @@ impl NodeSnapshot {
     }
 }
 
+// ---- acting as a component ----
+
+/// A client that authenticates with `token` (and nothing else from the kubeconfig), for acting
+/// as a ServiceAccount. The token is handed over through a file in `dir`.
+pub async fn client_with_token(token: &str, dir: &std::path::Path) -> Result<Client> {
+    let path = dir.join("token");
+    std::fs::write(&path, token)?;
+    let mut config = kube::Config::infer().await?;
+    config.auth_info = kube::config::AuthInfo {
+        token_file: Some(path.to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// A short-lived token of the node agent's ServiceAccount bound to `pod` (one of its pods), as
+/// the kubelet would project it: the API server adds the pod's node to it.
+pub async fn agent_token(client: &Client, pod: &Pod) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &release_namespace());
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .ok_or_else(|| anyhow!("agent pod has no ServiceAccount"))?;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    };
+    let answer = accounts
+        .create_token_request(&sa, &PostParams::default(), &request)
+        .await?;
+    answer
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| anyhow!("TokenRequest returned no token"))
+}
+
 // ---- the checkpoint volume in scenario namespaces ----
 
 /// The release namespace (where the chart is installed): `LODGER_E2E_NAMESPACE` or

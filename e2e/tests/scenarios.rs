@@ -581,3 +581,81 @@ async fn node_lost_restores_from_periodic_checkpoint() {
     })
     .await;
 }
+
+/// A token of the node agent's ServiceAccount bound to its pod on node A may change A's idle
+/// label, but not B's, and not A's other labels: the chart's ValidatingAdmissionPolicy, with
+/// the node name the API server puts into pod-bound tokens.
+/// If this fails, one compromised workstation could relabel or untaint every other one.
+#[tokio::test]
+async fn agent_token_is_confined_to_its_node() {
+    let Some(env) = Env::from_env("agent_token_is_confined_to_its_node").await else {
+        return;
+    };
+    env.scenario("vap", |sc| async move {
+        let c = sc.env.client.clone();
+        let (ws, _home) = layout(&sc, 2).await?;
+        let pods: Api<Pod> = Api::namespaced(c.clone(), &lodger_e2e::release_namespace());
+        let agents = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=node-agent"))
+            .await?
+            .items;
+        let (a, pod) = ws
+            .iter()
+            .find_map(|n| {
+                agents
+                    .iter()
+                    .find(|p| {
+                        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(n.as_str())
+                    })
+                    .map(|p| (n.clone(), p.clone()))
+            })
+            .context("no node agent pod on a workstation")?;
+        let b = ws
+            .iter()
+            .find(|n| **n != a)
+            .cloned()
+            .context("a second workstation")?;
+        let token = lodger_e2e::agent_token(&c, &pod).await?;
+        let dir = std::env::temp_dir().join(format!("lodger-e2e-{}", sc.ns));
+        std::fs::create_dir_all(&dir)?;
+        let as_agent = lodger_e2e::client_with_token(&token, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(as_agent?);
+        let patch = |labels: serde_json::Value| {
+            kube::api::Patch::Merge(json!({"metadata": {"labels": labels}}))
+        };
+        let pp = kube::api::PatchParams::default();
+
+        nodes
+            .patch(&a, &pp, &patch(json!({"lodger.dev/idle": "false"})))
+            .await
+            .with_context(|| format!("the agent of {a} could not set its own idle label"))?;
+        for (node, labels, needle) in [
+            (
+                b.as_str(),
+                json!({"lodger.dev/idle": "false"}),
+                "may not change node",
+            ),
+            (
+                a.as_str(),
+                json!({"lodger.dev/owner": "mallory"}),
+                "only the lodger.dev/idle label",
+            ),
+        ] {
+            match nodes.patch(node, &pp, &patch(labels.clone())).await {
+                Ok(_) => bail!("the agent of {a} was allowed to set {labels} on {node}"),
+                Err(kube::Error::Api(status)) => {
+                    ensure!(
+                        status.message.contains(needle),
+                        "refused, but not by the policy ({needle:?}): {}",
+                        status.message
+                    );
+                    println!("refused as expected: {}", status.message);
+                }
+                Err(other) => bail!("unexpected error: {other}"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+}

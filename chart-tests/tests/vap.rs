@@ -221,6 +221,21 @@ fn agent_may_report_on_its_own_node() {
         admit(&p, &agent_update("desk-1", idle, cleared)),
         Verdict::Allowed
     );
+    // Re-ordering the other taints (a server-side apply of the whole list may) is no change.
+    let mut two = add_owner_taint(old.clone());
+    two["spec"]["taints"].as_array_mut().unwrap().insert(
+        0,
+        json!({"key": "example.com/disk", "value": "ssd", "effect": "PreferNoSchedule"}),
+    );
+    let mut reordered = two.clone();
+    reordered["spec"]["taints"]
+        .as_array_mut()
+        .unwrap()
+        .reverse();
+    assert_eq!(
+        admit(&p, &agent_update("desk-1", two, reordered)),
+        Verdict::Allowed
+    );
     // A node that had no labels, annotations or taints at all.
     let bare = json!({"metadata": {"name": "desk-1"}, "spec": {}});
     let mut reported = bare.clone();

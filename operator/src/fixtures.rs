@@ -497,4 +497,46 @@ impl ApiServer {
             }
         }))
     }
+
+    /// Serves requests in any order through `route(method, path, query, body)` until the
+    /// client goes: watch requests are held open (no events), a `None` route answers 404. For
+    /// tests of the controller wiring, where several watches start concurrently.
+    pub fn serve(
+        self,
+        mut route: impl FnMut(&str, &str, &str, Value) -> Option<(u16, Value)> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let handle = self.handle;
+        tokio::spawn(async move {
+            let mut handle = pin!(handle);
+            let mut watches = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_string();
+                let query = request.uri().query().unwrap_or_default().to_string();
+                if query.contains("watch=true") {
+                    watches.push(send);
+                    continue;
+                }
+                let bytes = request
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .expect("request body");
+                let body: Value = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).expect("JSON body")
+                };
+                let (code, reply) =
+                    route(&method, &path, &query, body).unwrap_or((404, Self::not_found()));
+                let response = Response::builder()
+                    .status(code)
+                    .body(Body::from(
+                        serde_json::to_vec(&reply).expect("reply serializes"),
+                    ))
+                    .expect("valid response");
+                send.send_response(response);
+            }
+        })
+    }
 }

@@ -83,6 +83,79 @@ async fn wait_for_signal() {
     }
 }
 
+/// The two controllers, wired: MigratableJobs (watched through `DeserializeGuard`, owning pods,
+/// Checkpoints and parallel instances, woken by Node changes) and Checkpoints (finalizer). Both
+/// stop gracefully when `shutdown` is cancelled. Returns their driving futures and the shared
+/// context.
+pub fn controllers(
+    client: Client,
+    settings: config::Settings,
+    metrics: Arc<metrics::Metrics>,
+    nodes: reflector::Store<Node>,
+    pods: reflector::Store<Pod>,
+    shutdown: CancellationToken,
+) -> (
+    impl std::future::Future<Output = ()> + Send,
+    impl std::future::Future<Output = ()> + Send,
+    Arc<Context>,
+) {
+    let job_api = Api::<DeserializeGuard<MigratableJob>>::all(client.clone());
+    let controller = Controller::new(job_api, watcher::Config::default());
+    let job_store = controller.store();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        metrics,
+        nodes,
+        pods,
+        job_store.clone(),
+    ));
+    let node_jobs = job_store.clone();
+    let stop = shutdown.clone();
+    let jobs = controller
+        .owns(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(LABEL_ROLE),
+        )
+        .owns(
+            Api::<Checkpoint>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<DeserializeGuard<MigratableJob>>::all(client.clone()),
+            watcher::Config::default().labels(LABEL_PARENT),
+        )
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |node| reconcile::jobs_for_node(&node_jobs, &node.name_any()),
+        )
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "job controller error");
+            }
+        });
+    let stop = shutdown.clone();
+    let cks = Controller::new(
+        Api::<Checkpoint>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(async move { stop.cancelled().await })
+    .run(
+        checkpoints::reconcile,
+        checkpoints::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            warn!(error = %e, "checkpoint controller error");
+        }
+    });
+    (jobs, cks, ctx)
+}
+
 /// Runs the operator until SIGTERM/SIGINT or loss of leadership.
 pub async fn run(config: Config) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Client)?;
@@ -158,60 +231,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     }
 
-    let job_api = Api::<DeserializeGuard<MigratableJob>>::all(client.clone());
-    let controller = Controller::new(job_api, watcher::Config::default());
-    let job_store = controller.store();
-    let ctx = Arc::new(Context::new(
+    let (jobs, cks, _ctx) = controllers(
         client.clone(),
         config.settings(),
         metrics.clone(),
         nodes,
         pods,
-        job_store.clone(),
-    ));
-    let node_jobs = job_store.clone();
-    let stop = shutdown.clone();
-    let jobs = controller
-        .owns(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(LABEL_ROLE),
-        )
-        .owns(
-            Api::<Checkpoint>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(
-            Api::<DeserializeGuard<MigratableJob>>::all(client.clone()),
-            watcher::Config::default().labels(LABEL_PARENT),
-        )
-        .watches(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            move |node| reconcile::jobs_for_node(&node_jobs, &node.name_any()),
-        )
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                warn!(error = %e, "job controller error");
-            }
-        });
-    let stop = shutdown.clone();
-    let cks = Controller::new(
-        Api::<Checkpoint>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(async move { stop.cancelled().await })
-    .run(
-        checkpoints::reconcile,
-        checkpoints::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            warn!(error = %e, "checkpoint controller error");
-        }
-    });
+        shutdown.clone(),
+    );
     ready.store(true, Ordering::Relaxed);
     info!("leading: controllers running");
     futures::join!(jobs, cks);

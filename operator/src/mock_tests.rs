@@ -860,3 +860,98 @@ async fn api_failure_is_reported_and_retried() {
             .contains("lodger_operator_reconcile_failures_total{category=\"list\"} 1")
     );
 }
+
+/// The controller wiring of `run()` against the mocked API server: the MigratableJob watch
+/// lists one good job and one that does not deserialize; both get reconciled (the good one
+/// reads its pods and writes status, the bad one gets Valid=False), the other watches start,
+/// and the controllers stop on shutdown. If this breaks, one malformed object wedges the watch
+/// for every job, or the operator cannot shut down gracefully.
+#[tokio::test]
+async fn controllers_survive_a_malformed_object_and_shut_down() {
+    let (client, server) = ApiServer::new();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let good = serde_json::to_value(running_job().build()).unwrap();
+    let junk = json!({"apiVersion": "lodger.dev/v1alpha1", "kind": "MigratableJob",
+        "metadata": {"name": "junk", "namespace": "ns", "uid": "u1", "generation": 1},
+        "spec": {"template": 42}});
+    let (good_reply, junk_reply) = (good.clone(), junk.clone());
+    let listed = [good, junk];
+    let unexpected = Arc::new(Mutex::new(Vec::new()));
+    let unexpected_in = unexpected.clone();
+    let server_task = server.serve(move |method, path, query, body| {
+        let _ = seen_tx.send(format!("{method} {path}"));
+        let items = match (method, path) {
+            ("GET", "/apis/lodger.dev/v1alpha1/migratablejobs")
+                if query.contains("labelSelector") =>
+            {
+                vec![]
+            }
+            ("GET", "/apis/lodger.dev/v1alpha1/migratablejobs") => listed.to_vec(),
+            ("GET", "/api/v1/pods")
+            | ("GET", "/apis/lodger.dev/v1alpha1/checkpoints")
+            | ("GET", CKS) => vec![],
+            ("GET", "/api/v1/nodes") => {
+                vec![serde_json::to_value(NodeBuilder::new("a").build()).unwrap()]
+            }
+            ("GET", PODS) => running_pods(),
+            ("PATCH", p) if p == format!("{JOBS}/j/status") => {
+                let mut reply = good_reply.clone();
+                reply["status"] = body["status"].clone();
+                return Some((200, reply));
+            }
+            ("PATCH", p) if p == format!("{JOBS}/junk/status") => {
+                assert_eq!(body["status"]["conditions"][0]["status"], "False");
+                return Some((200, junk_reply.clone()));
+            }
+            ("POST", EVENTS) => return Some((201, body)),
+            _ => {
+                unexpected_in
+                    .lock()
+                    .unwrap()
+                    .push(format!("{method} {path}?{query}"));
+                return None;
+            }
+        };
+        Some((200, list("List", items)))
+    });
+
+    let mut node_writer = Writer::<Node>::default();
+    node_writer.apply_watcher_event(&watcher::Event::Apply(NodeBuilder::new("a").build()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (jobs, cks, _ctx) = crate::controllers(
+        client,
+        Settings::for_tests(tmp()),
+        Arc::new(Metrics::default()),
+        node_writer.as_reader(),
+        Writer::<Pod>::default().as_reader(),
+        shutdown.clone(),
+    );
+    let running = tokio::spawn(async move {
+        futures::join!(jobs, cks);
+    });
+    let want = [
+        format!("PATCH {JOBS}/j/status"),
+        format!("PATCH {JOBS}/junk/status"),
+        "GET /api/v1/nodes".to_string(),
+    ];
+    let mut missing: Vec<String> = want.to_vec();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !missing.is_empty() {
+            let seen = seen_rx.recv().await.expect("server running");
+            missing.retain(|m| *m != seen);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never saw {missing:?}"));
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("controllers stop on shutdown")
+        .unwrap();
+    server_task.abort();
+    assert!(
+        unexpected.lock().unwrap().is_empty(),
+        "{:?}",
+        unexpected.lock().unwrap()
+    );
+}

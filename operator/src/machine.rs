@@ -28,7 +28,7 @@ pub const BACKOFF_MAX: SignedDuration = SignedDuration::from_secs(300);
 pub const WAIT_POLL: SignedDuration = SignedDuration::from_secs(15);
 
 /// Everything the machine reads.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Observed<'a> {
     /// The job.
     pub job: &'a MigratableJob,
@@ -40,14 +40,26 @@ pub struct Observed<'a> {
     pub checkpoints: &'a [Checkpoint],
     /// Every node.
     pub nodes: &'a [NodeInfo],
-    /// The idle node the placement plan gives this job, if any.
-    pub idle_target: Option<&'a str>,
+    /// The idle node the placement plan gives this job, if any. A function so the (whole-
+    /// cluster) plan is only computed when the job needs a node.
+    pub idle_target: &'a (dyn Fn() -> Option<String> + Sync),
     /// Now.
     pub now: Timestamp,
     /// Grace past a Checkpoint's deadline before it counts as failed.
     pub checkpoint_margin: SignedDuration,
     /// Default minimum idle time (for constraint checks on manual targets).
     pub default_min_idle: SignedDuration,
+}
+
+impl std::fmt::Debug for Observed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observed")
+            .field("job", &self.job.metadata.name)
+            .field("pods", &self.pods.len())
+            .field("checkpoints", &self.checkpoints.len())
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One change to make in the cluster.
@@ -484,12 +496,7 @@ impl<'a> Machine<'a> {
     /// Target of a move: manual target, else the plan's idle node, else home.
     fn target(&self, leaving: Option<&str>) -> Option<String> {
         self.manual_target(leaving)
-            .or_else(|| {
-                self.o
-                    .idle_target
-                    .filter(|t| Some(*t) != leaving)
-                    .map(str::to_string)
-            })
+            .or_else(|| (self.o.idle_target)().filter(|t| Some(t.as_str()) != leaving))
             .or_else(|| self.home_target(leaving))
     }
 
@@ -620,7 +627,7 @@ impl<'a> Machine<'a> {
     }
 
     fn placing(&mut self) -> &'static str {
-        if let Some(node) = self.o.idle_target.map(str::to_string) {
+        if let Some(node) = (self.o.idle_target)() {
             if self.o.stub.is_none() {
                 self.effects.push(Effect::EnsureStub);
             }
@@ -912,11 +919,8 @@ impl<'a> Machine<'a> {
         self.s.source_node = lost.clone();
         self.s.eviction_reason = Some(CheckpointReason::NodeLost);
         self.s.pending_checkpoint = None;
-        let target = self
-            .o
-            .idle_target
-            .filter(|t| Some(*t) != lost.as_deref())
-            .map(str::to_string)
+        let target = (self.o.idle_target)()
+            .filter(|t| Some(t.as_str()) != lost.as_deref())
             .or_else(|| self.home_target(lost.as_deref()));
         let last = self.newest_completed_below(i64::MAX);
         match (last, target) {
@@ -1307,7 +1311,7 @@ impl<'a> Machine<'a> {
             self.requeue_in(SignedDuration::from_secs(1));
             return "parked-lost";
         };
-        let Some(t) = self.o.idle_target.map(str::to_string) else {
+        let Some(t) = (self.o.idle_target)() else {
             self.requeue_in(WAIT_POLL);
             return "parked";
         };
@@ -1436,7 +1440,7 @@ mod tests {
                 stub: self.stub.as_ref(),
                 checkpoints: &self.cks,
                 nodes: &self.nodes,
-                idle_target: self.target,
+                idle_target: &|| self.target.map(String::from),
                 now: ts(NOW),
                 checkpoint_margin: SignedDuration::from_secs(30),
                 default_min_idle: SignedDuration::from_secs(30),
@@ -2163,5 +2167,46 @@ mod tests {
         let d = w.decide();
         assert_eq!(d.status.phase, Some(JobPhase::Failed));
         assert_eq!(d.effects, vec![Effect::DeletePod("j-1".into())]);
+    }
+}
+
+#[cfg(test)]
+mod laziness {
+    use super::*;
+    use crate::fixtures::{JobBuilder, NodeBuilder, PodBuilder, ts};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A running job on a quiet node never asks for the (whole-cluster) placement plan; a
+    /// waiting one does, once. If this breaks, every reconcile of every running job pays for
+    /// placing all waiting jobs.
+    #[test]
+    fn plan_is_computed_only_when_a_target_is_needed() {
+        let calls = AtomicUsize::new(0);
+        let target = || {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Some("n1".to_string())
+        };
+        let node = NodeInfo::from_node(&NodeBuilder::new("a").idle_since(0).build());
+        let running = JobBuilder::new("j").running_on("a").build();
+        let pods = [PodBuilder::workload("j", 1, "a").ready_at(100).build()];
+        let stub = PodBuilder::stub("j").build();
+        let observe = |job, pods| Observed {
+            job,
+            pods,
+            stub: Some(&stub),
+            checkpoints: &[],
+            nodes: std::slice::from_ref(&node),
+            idle_target: &target,
+            now: ts(10_000),
+            checkpoint_margin: SignedDuration::from_secs(30),
+            default_min_idle: SignedDuration::from_secs(30),
+        };
+        let d = decide(observe(&running, &pods));
+        assert_eq!(d.step, "running");
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+        let waiting = JobBuilder::new("j").build();
+        let d = decide(observe(&waiting, &[]));
+        assert_eq!(d.step, "place");
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
     }
 }

@@ -62,7 +62,10 @@ pub fn milli_units(text: &str) -> Option<i128> {
         return None;
     }
     // value = digits / 10^frac_len * 10^exp10 * mult_num / mult_den, in milli-units (x1000).
-    let digits: i128 = format!("{int_part}{frac_part}").parse().ok()?;
+    let mut digits: i128 = 0;
+    for c in int_part.bytes().chain(frac_part.bytes()) {
+        digits = digits.checked_mul(10)?.checked_add(i128::from(c - b'0'))?;
+    }
     let mut num = digits.checked_mul(mult_num)?.checked_mul(1000)?;
     let mut den =
         mult_den.checked_mul(10i128.checked_pow(u32::try_from(frac_part.len()).ok()?)?)?;

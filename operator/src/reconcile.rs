@@ -418,28 +418,42 @@ async fn reconcile_job(job: &MigratableJob, ctx: &Context) -> Result<Action, Err
     });
 
     // ---- decide (pure) ----
-    let key = placement::key_of(job);
     let node_state = ctx.nodes.state();
-    let pod_state = ctx.pods.state();
-    let job_state = ctx.jobs.state();
-    let others = job_state
+    let nodes: Vec<placement::NodeInfo> = node_state
         .iter()
-        .filter_map(|g| g.0.as_ref().ok())
-        .filter(|j| placement::key_of(j) != key);
-    let snapshot = placement::snapshot(
-        node_state.iter().map(|n| n.as_ref()),
-        pod_state.iter().map(|p| p.as_ref()),
-        others.chain(std::iter::once(job)),
-        ctx.settings.min_idle,
-    );
-    let plan = placement::plan(&snapshot, now);
+        .map(|n| placement::NodeInfo::from_node(n))
+        .collect();
+    // The whole-cluster plan, computed only if the machine asks for a target.
+    let plan_target = std::sync::OnceLock::new();
+    let idle_target = || {
+        plan_target
+            .get_or_init(|| {
+                let pod_state = ctx.pods.state();
+                let job_state = ctx.jobs.state();
+                let others = job_state
+                    .iter()
+                    .filter_map(|g| g.0.as_ref().ok())
+                    .filter(|j| {
+                        j.metadata.name != job.metadata.name
+                            || j.metadata.namespace != job.metadata.namespace
+                    });
+                let snapshot = placement::snapshot(
+                    node_state.iter().map(|n| n.as_ref()),
+                    pod_state.iter().map(|p| p.as_ref()),
+                    others.chain(std::iter::once(job)),
+                    ctx.settings.min_idle,
+                );
+                placement::plan(&snapshot, now).remove(&placement::key_of(job))
+            })
+            .clone()
+    };
     let decision = machine::decide(Observed {
         job,
         pods: &workload,
         stub,
         checkpoints: &checkpoints,
-        nodes: &snapshot.nodes,
-        idle_target: plan.get(&key).map(String::as_str),
+        nodes: &nodes,
+        idle_target: &idle_target,
         now,
         checkpoint_margin: ctx.settings.checkpoint_margin,
         default_min_idle: ctx.settings.min_idle,

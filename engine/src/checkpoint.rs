@@ -401,6 +401,14 @@ impl Engine {
         dir: &Path,
         started: Instant,
     ) -> Result<PageServer, EngineError> {
+        // CRIU refuses `--port 0`: pick a free port (released just before CRIU binds it).
+        let port = match spec.page_server_listen.port() {
+            0 => std::net::TcpListener::bind(spec.page_server_listen)
+                .and_then(|l| l.local_addr())
+                .map_err(|e| EngineError::io("find a free port for the page server", e))?
+                .port(),
+            p => p,
+        };
         let (status_rx, status_tx) = status_pipe()?;
         let mut args = self.base_args("dump", spec, dir, "dump.log");
         args.extend([
@@ -408,7 +416,7 @@ impl Engine {
             "--address".into(),
             spec.page_server_listen.ip().to_string().into(),
             "--port".into(),
-            spec.page_server_listen.port().to_string().into(),
+            port.to_string().into(),
             "--status-fd".into(),
             status_tx.as_raw_fd().to_string().into(),
         ]);
@@ -418,7 +426,7 @@ impl Engine {
             .command()
             .args(&args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr_file(&spec.work_dir, "dump")?)
             .spawn()
             .map_err(|source| CriuError::Spawn {
                 action: "dump --lazy-pages".into(),
@@ -437,7 +445,9 @@ impl Engine {
                     .child
                     .wait()
                     .map_err(|e| EngineError::io("wait for criu dump", e))?;
-                criu::check_status("dump the job (lazy pages)", (status, String::new()), &log)?;
+                let stderr =
+                    std::fs::read_to_string(spec.work_dir.join("dump.stderr")).unwrap_or_default();
+                criu::check_status("dump the job (lazy pages)", (status, stderr), &log)?;
                 return Err(EngineError::io(
                     "dump the job (lazy pages)",
                     std::io::Error::other("CRIU exited without reporting readiness"),
@@ -453,22 +463,6 @@ impl Engine {
                 .into());
             }
         }
-        let port = match spec.page_server_listen.port() {
-            0 => match port_from_log(&log) {
-                Some(p) => p,
-                None => {
-                    ps.abort();
-                    return Err(EngineError::io(
-                        "find the page server's port",
-                        std::io::Error::other(format!(
-                            "no \"Using N port\" line in {}",
-                            log.display()
-                        )),
-                    ));
-                }
-            },
-            p => p,
-        };
         let host = spec
             .page_server_advertise
             .clone()
@@ -476,6 +470,13 @@ impl Engine {
         ps.address = format!("{host}:{port}");
         Ok(ps)
     }
+}
+
+/// A file in `work_dir` for the stderr of a CRIU run in the background (`<name>.stderr`).
+pub(crate) fn stderr_file(work_dir: &Path, name: &str) -> Result<std::fs::File, EngineError> {
+    let path = work_dir.join(format!("{name}.stderr"));
+    std::fs::File::create(&path)
+        .map_err(|e| EngineError::io(format!("create {}", path.display()), e))
 }
 
 /// The PIDs of the tree rooted at `root` (root first), from /proc/<pid>/task/<tid>/children.
@@ -503,8 +504,7 @@ pub fn process_tree(root: i32) -> Vec<i32> {
 
 /// Sends `signal` to every process of the tree rooted at `root`.
 fn signal_tree(root: i32, signal: Signal) {
-    let tree = process_tree(root);
-    for pid in tree {
+    for pid in process_tree(root) {
         let _ = kill(Pid::from_raw(pid), signal);
     }
 }
@@ -545,14 +545,6 @@ pub(crate) fn wait_ready(rx: OwnedFd, timeout: Option<Duration>) -> Ready {
     if got { Ready::Yes } else { Ready::Failed }
 }
 
-fn port_from_log(log: &Path) -> Option<u16> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines().find_map(|line| {
-        let rest = line.split("Using ").nth(1)?;
-        rest.strip_suffix(" port")?.trim().parse().ok()
-    })
-}
-
 fn remaining(deadline: Option<Duration>, started: Instant) -> Option<Duration> {
     deadline.map(|d| {
         d.saturating_sub(started.elapsed())
@@ -585,22 +577,5 @@ pub fn raise_pipe_max_size() -> Option<String> {
             "could not raise fs.pipe-max-size from {current} to {WANT} ({e}); remote lazy pages \
              may fail: set `sysctl fs.pipe-max-size={WANT}` on the node"
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The page server's port is taken from CRIU's log when it picked a free one; a wrong parse
-    /// would send the target to the wrong port.
-    #[test]
-    fn port_is_parsed_from_criu_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("dump.log");
-        std::fs::write(&log, "(00.01) foo\n(00.02) Using 43127 port\n").unwrap();
-        assert_eq!(port_from_log(&log), Some(43127));
-        std::fs::write(&log, "(00.01) nothing here\n").unwrap();
-        assert_eq!(port_from_log(&log), None);
     }
 }

@@ -280,7 +280,10 @@ impl Engine {
             .command()
             .args(&args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(crate::checkpoint::stderr_file(
+                &spec.work_dir,
+                "lazy-pages",
+            )?)
             .spawn()
             .map_err(|source| CriuError::Spawn {
                 action: "lazy-pages".into(),
@@ -299,7 +302,9 @@ impl Engine {
                     .child
                     .wait()
                     .map_err(|e| EngineError::io("wait for criu lazy-pages", e))?;
-                criu::check_status("start lazy-pages", (status, String::new()), &log)?;
+                let stderr = std::fs::read_to_string(spec.work_dir.join("lazy-pages.stderr"))
+                    .unwrap_or_default();
+                criu::check_status("start lazy-pages", (status, stderr), &log)?;
                 Err(EngineError::io(
                     "start lazy-pages",
                     std::io::Error::other("CRIU exited without reporting readiness"),

@@ -724,9 +724,14 @@ pub fn run(cfg: &DemoConfig) -> (Vec<MigrationReport>, Vec<String>) {
         }
     }
     say(format!(
-        "  nodes: two PID+mount namespaces made with unshare; volume and job files under {}\n",
+        "  nodes: two PID+mount namespaces made with unshare on this machine (one network, one disk); \
+         the checkpoint volume and the job's files are directories under {}",
         cfg.dir.display()
     ));
+    say(
+        "  real: lodger-shim (PID 1 of each node), its control socket, CRIU, the job and its echo child; \
+         simulated: the owner's return and the operator's decision (this program plays the node agent)\n",
+    );
     let mut seq = 0u64;
     for &s in &cfg.strategies {
         say(format!("== {s:?} =="));

@@ -29,6 +29,8 @@ pub const STUB_ACCOUNT: &str = "lodger-stub";
 pub const INSTALL_CONTAINER: &str = "lodger-install";
 /// Where the init container mounts the tools emptyDir.
 const INSTALL_MOUNT: &str = "/lodger-tools";
+/// Termination grace of PostCopy workload pods: how long a deleted source may still serve pages.
+pub const POST_COPY_GRACE_SECONDS: i64 = 300;
 /// UID the stub runs as (non-root).
 const STUB_UID: i64 = 65532;
 
@@ -268,6 +270,16 @@ pub fn workload_pod(
 
     spec.node_name = Some(node.into());
     spec.restart_policy = Some("Never".into());
+    if job.spec.migration.strategy == MigrationStrategy::PostCopy {
+        // NB: after a PostCopy dump the source shim serves memory pages until the target has
+        // them all, and the operator deletes the source once the target is Ready: the pod's
+        // termination grace is what the page server gets to finish.
+        spec.termination_grace_period_seconds = Some(
+            spec.termination_grace_period_seconds
+                .unwrap_or(30)
+                .max(POST_COPY_GRACE_SECONDS),
+        );
+    }
 
     let mut metadata = meta(job, pod_name(name, generation), labels);
     if !annotations.is_empty() {
@@ -584,6 +596,22 @@ mod tests {
             "NotIn"
         );
         assert_eq!(spec.security_context.unwrap().run_as_non_root, Some(true));
+    }
+
+    /// PostCopy pods get a long termination grace (the deleted source serves pages until the
+    /// target has them); other strategies keep the template's. If this breaks, deleting a
+    /// PostCopy source kills the page server mid-restore.
+    #[test]
+    fn post_copy_source_gets_time_to_serve_pages() {
+        let mut job = JobBuilder::new("j").build();
+        let plain = workload_pod(&job, &settings(), 1, "a", None).spec.unwrap();
+        assert_eq!(plain.termination_grace_period_seconds, None);
+        job.spec.migration.strategy = MigrationStrategy::PostCopy;
+        let post = workload_pod(&job, &settings(), 1, "a", None).spec.unwrap();
+        assert_eq!(
+            post.termination_grace_period_seconds,
+            Some(POST_COPY_GRACE_SECONDS)
+        );
     }
 
     /// Instances of a parallel job are named `<job>-<index>`, carry the parent label, and get

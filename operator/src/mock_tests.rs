@@ -82,6 +82,9 @@ fn status_write(
     let mut reply = serde_json::to_value(job).unwrap();
     let name = job.metadata.name.clone().unwrap();
     ApiServer::expect("PATCH", &format!("{JOBS}/{name}/status"), move |body| {
+        // Server-side apply needs the type in the body.
+        assert_eq!(body["apiVersion"], "lodger.dev/v1alpha1");
+        assert_eq!(body["kind"], "MigratableJob");
         check(&body["status"]);
         reply["status"] = body["status"].clone();
         *seen.lock().unwrap() = Some(body["status"].clone());

@@ -146,6 +146,43 @@ fn stop_and_copy_moves_a_256mib_job_intact() {
     for e in std::fs::read_dir(&dir).unwrap() {
         assert_eq!(e.unwrap().metadata().unwrap().mode() & 0o777, 0o600);
     }
+    let manifest = lodger_engine::Manifest::read(&dir).unwrap();
+    assert_eq!(manifest.seq, 1);
+    assert_eq!(manifest.job.uid, "uid-1");
+    assert!(
+        manifest.criu_version.starts_with('4'),
+        "{}",
+        manifest.criu_version
+    );
+    assert_eq!(manifest.kernel, lodger_engine::kernel_release());
+    // Figures come from CRIU's stats-dump: 256 MiB is at least 65536 pages written.
+    assert!(
+        manifest.figures.frozen_us > 0 && manifest.figures.pages_written >= 65_536,
+        "{:?}",
+        manifest.figures
+    );
+    assert_eq!(manifest.figures.freeze_ms, outcome.freeze_ms);
+    assert_eq!(
+        manifest.image_bytes,
+        manifest.files.iter().map(|f| f.bytes).sum::<u64>()
+    );
+    assert_eq!(manifest.travel.last_signal_seq, 2);
+    assert_eq!(
+        manifest.travel.queued_signals,
+        [lodger_engine::QueuedSignal {
+            seq: 2,
+            signo: SIGUSR1
+        }]
+    );
+    assert_eq!(
+        manifest
+            .travel
+            .stdio
+            .iter()
+            .map(|p| p.fd)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
     let before = ticks(&source.stdout.snapshot());
     assert!(
         !source

@@ -629,6 +629,8 @@ pub fn migrate_once(
             format!("file has {logged:?}, output has {:?}", summary.signals),
         ));
     }
+    // NB: images hold the job's memory (treated like Secrets); logs stay for reading.
+    let _ = std::fs::remove_dir_all(&volume);
     Ok(MigrationReport {
         requested,
         outcome,

@@ -127,6 +127,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         results.push(size);
     }
+    // Removes the staging directory if every sample cleaned up after itself.
+    let _ = std::fs::remove_dir(&cfg.dir);
     println!("## Engine\n\n{}", bench::engine_table(&results));
     if !args.no_baselines {
         println!("## Engine vs raw CRIU\n\n{}", bench::raw_table(&results));

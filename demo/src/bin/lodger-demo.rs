@@ -22,7 +22,7 @@ struct Args {
         default_value = "StopAndCopy,LazyRestore,PostCopy,PreCopy"
     )]
     strategies: Vec<String>,
-    /// Working directory (volume, node dirs, logs); emptied first, kept afterwards for reading.
+    /// Working directory (volume, node dirs, logs); emptied first; logs are kept afterwards.
     #[arg(long, default_value = "/var/tmp/lodger-demo")]
     dir: PathBuf,
     /// MiB of workload memory.
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     let (reports, failures) = scenario::run(&cfg);
     println!("{}", scenario::summary_table(&reports));
     println!(
-        "{} of {} strategies migrated the job intact in {:.1} s. Logs and images: {}",
+        "{} of {} strategies migrated the job intact in {:.1} s. Logs (and images of failed runs): {}",
         reports.len(),
         cfg.strategies.len(),
         started.elapsed().as_secs_f64(),

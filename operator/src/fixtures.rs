@@ -38,7 +38,7 @@ impl JobBuilder {
             "apiVersion": "lodger.dev/v1alpha1",
             "kind": "MigratableJob",
             "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"), "generation": 1,
-                         "creationTimestamp": rfc(0)},
+                         "creationTimestamp": rfc(0), "finalizers": [lodger_api::FINALIZER_JOB]},
             "spec": {"template": {"spec": {"containers": [
                 {"name": "main", "image": "busybox", "command": ["/bin/sh", "-c", "work"]}
             ]}}}

@@ -958,3 +958,85 @@ async fn controllers_survive_a_malformed_object_and_shut_down() {
         unexpected.lock().unwrap()
     );
 }
+
+/// A new job first gets the `migratablejobs.lodger.dev` finalizer (JSON patch) and nothing
+/// else; the next reconcile (the watch event of that patch) does the work. If this breaks, a
+/// deleted job leaves its checkpoint directory behind.
+#[tokio::test]
+async fn job_finalizer_is_added_first() {
+    let (client, server) = ApiServer::new();
+    let mut job = JobBuilder::new("j").build();
+    job.metadata.finalizers = None;
+    let ctx = context(
+        client,
+        &[NodeBuilder::new("n1").idle_since(0)],
+        std::slice::from_ref(&job),
+        tmp(),
+    );
+    let reply = serde_json::to_value(&job).unwrap();
+    let verifier = server.run(vec![ApiServer::expect(
+        "PATCH",
+        &format!("{JOBS}/j"),
+        move |b| {
+            let ops = b.as_array().expect("JSON patch");
+            assert!(
+                ops.iter()
+                    .any(|op| op["op"] == "add" && op["value"][0] == "migratablejobs.lodger.dev"),
+                "{b}"
+            );
+            (200, reply)
+        },
+    )]);
+    assert_eq!(
+        reconcile_job(&ctx, &job).await.unwrap(),
+        Action::await_change()
+    );
+    verifier.done().await;
+}
+
+/// Deleting a job removes its whole directory on the volume (real files in a temp dir), then
+/// its finalizer; nothing else is written (pods and Checkpoints go by owner reference). If this
+/// breaks, deleted jobs leave process memory images on the shared volume.
+#[tokio::test]
+async fn job_deletion_removes_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    for seq in ["1", "2"] {
+        let image = dir.path().join("ns/j").join(seq);
+        std::fs::create_dir_all(&image).unwrap();
+        std::fs::write(image.join("pages-1.img"), vec![1u8; 1024]).unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("ns/other/1")).unwrap();
+    let (client, server) = ApiServer::new();
+    let mut job = running_job().build();
+    job.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        ts(NOW),
+    ));
+    let ctx = context(
+        client,
+        &[NodeBuilder::new("a")],
+        std::slice::from_ref(&job),
+        dir.path().to_path_buf(),
+    );
+    let mut reply = serde_json::to_value(&job).unwrap();
+    reply["metadata"]["finalizers"] = json!([]);
+    let verifier = server.run(vec![ApiServer::expect(
+        "PATCH",
+        &format!("{JOBS}/j"),
+        move |b| {
+            let ops = b.as_array().expect("JSON patch");
+            assert!(
+                ops.iter()
+                    .any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"),
+                "{b}"
+            );
+            (200, reply)
+        },
+    )]);
+    reconcile_job(&ctx, &job).await.unwrap();
+    verifier.done().await;
+    assert!(!dir.path().join("ns/j").exists());
+    assert!(
+        dir.path().join("ns/other/1").exists(),
+        "other jobs' images stay"
+    );
+}

@@ -15,12 +15,13 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use lodger_api::{
-    ANNOTATION_MIGRATE_TO, Checkpoint, JobPhase, LABEL_JOB, LABEL_PARENT, LABEL_ROLE,
-    MANAGER_OPERATOR, MigratableJob, MigratableJobStatus, ROLE_STUB, ROLE_WORKLOAD, condition,
-    reason,
+    ANNOTATION_MIGRATE_TO, Checkpoint, FINALIZER_JOB, JobPhase, LABEL_JOB, LABEL_PARENT,
+    LABEL_ROLE, MANAGER_OPERATOR, MigratableJob, MigratableJobStatus, ROLE_STUB, ROLE_WORKLOAD,
+    condition, reason,
 };
 use serde_json::json;
 use tracing::{info, instrument, warn};
@@ -83,6 +84,18 @@ pub enum Error {
     /// The object is invalid (reported with a Warning Event and the Valid condition).
     #[error("invalid object: {0}")]
     Invalid(String),
+    /// Removing the job's checkpoint directory failed.
+    #[error("failed to remove {path}")]
+    RemoveDir {
+        /// Directory.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Adding or removing the job finalizer failed.
+    #[error("failed to update the job finalizer")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -95,6 +108,8 @@ impl Error {
             Error::Status { .. } => "status",
             Error::Event(_) => "event",
             Error::Invalid(_) => "invalid",
+            Error::RemoveDir { .. } => "job_dir_remove",
+            Error::Finalizer(_) => "finalizer",
         }
     }
 }
@@ -376,14 +391,62 @@ async fn reconcile_job(job: &MigratableJob, ctx: &Context) -> Result<Action, Err
         }
         return Err(Error::Invalid(message));
     }
-    if job.metadata.deletion_timestamp.is_some() {
-        // Pods, the stub and Checkpoints go by owner reference; each Checkpoint's finalizer
-        // removes its files.
-        return Ok(Action::await_change());
-    }
     if let Some(n) = job.spec.parallelism {
+        if job.metadata.deletion_timestamp.is_some() {
+            // Instances go by owner reference; each has its own finalizer.
+            return Ok(Action::await_change());
+        }
         return reconcile_parent(job, n, ctx).await;
     }
+    // The job finalizer: its directory on the volume goes before the job does. Pods, the stub
+    // and Checkpoints then go by owner reference (each Checkpoint's finalizer finds its
+    // directory already gone).
+    finalizer(&jobs, FINALIZER_JOB, Arc::new(job.clone()), |event| async {
+        match event {
+            FinalizerEvent::Apply(job) => reconcile_single(&job, ctx).await,
+            FinalizerEvent::Cleanup(job) => remove_job_dir(&job, ctx),
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(inner)
+        | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
+        other => Error::Finalizer(Box::new(other)),
+    })
+}
+
+/// Removes `<mount>/<namespace>/<job>/` (every checkpoint image of the job).
+fn remove_job_dir(job: &MigratableJob, ctx: &Context) -> Result<Action, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let rel = std::path::Path::new(&ns).join(&name);
+    if ns.is_empty()
+        || name.is_empty()
+        || !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(Error::Invalid(format!(
+            "job path {} is not inside the volume",
+            rel.display()
+        )));
+    }
+    let dir = ctx.settings.checkpoint_mount.join(rel);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => info!(path = %dir.display(), "removed the job's checkpoint directory"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(Error::RemoveDir { path: dir, source }),
+    }
+    Ok(Action::await_change())
+}
+
+/// One (non-parallel, valid, not deleted) job: fetch -> decide -> apply -> status.
+async fn reconcile_single(job: &MigratableJob, ctx: &Context) -> Result<Action, Error> {
+    let name = job.name_any();
+    let ns = job.namespace().unwrap_or_default();
+    let jobs: Api<MigratableJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let reference = job.object_ref(&());
+    let now = (ctx.clock)();
 
     // ---- fetch ----
     let selector = ListParams::default().labels(&format!("{LABEL_JOB}={name}"));

@@ -4,7 +4,8 @@
 //! MigratableJobs come in through watches and caches; [`placement`] (pure) picks idle nodes;
 //! [`machine`] (pure) decides each job's next step; [`reconcile`] applies it with server-side
 //! apply and writes status; [`checkpoints`] removes a Checkpoint's files when it goes. Only the
-//! replica holding the [`lease`] acts. A job's finalizer removes its directory on the volume. [`server`] exports metrics and health.
+//! replica holding the [`lease`] acts. A job's finalizer removes its directory on the volume.
+//! [`server`] exports metrics and health.
 //!
 //! Not done here (see operator/README.md): reacting to a target node that is lost *while* a
 //! restore is in flight (the restore simply waits for the pod, which the taint manager then

@@ -531,9 +531,11 @@ async fn restore_failure_falls_back() {
             s.source_node = Some("a".into());
         })
         .build();
-    // Restoring jobs are not in the placement plan: the fallback goes to the same target node
-    // when it can still take the job.
-    let nodes = [NodeBuilder::new("b").idle_since(0)];
+    // The plan is asked for a node other than the failed target.
+    let nodes = [
+        NodeBuilder::new("b").taint(TAINT_OWNER_ACTIVE, "NoSchedule"),
+        NodeBuilder::new("c").idle_since(0),
+    ];
     let ctx = context(client, &nodes, std::slice::from_ref(&job), tmp());
     let pods = vec![
         PodBuilder::workload("j", 1, "a").failed(137).json(),
@@ -558,7 +560,7 @@ async fn restore_failure_falls_back() {
                 b["metadata"]["annotations"]["lodger.dev/restore-from"],
                 "j-ckpt-1"
             );
-            assert_eq!(b["spec"]["nodeName"], "b");
+            assert_eq!(b["spec"]["nodeName"], "c");
         }),
         status_write(&job, Arc::default(), |s| {
             assert_eq!(s["pendingCheckpoint"], "j-ckpt-1");
@@ -1039,4 +1041,47 @@ async fn job_deletion_removes_its_directory() {
         dir.path().join("ns/other/1").exists(),
         "other jobs' images stay"
     );
+}
+
+/// A node NotReady past the grace period: the job is restored on an idle node from its last
+/// periodic checkpoint, with a Warning Event saying so; the lost pod stays until the new one is
+/// Ready. If this breaks, a crashed desktop loses its lodger's work.
+#[tokio::test]
+async fn node_lost_restores_from_periodic_checkpoint() {
+    let (client, server) = ApiServer::new();
+    let job = running_job().interval(600).build();
+    let nodes = [
+        NodeBuilder::new("a").not_ready_since(NOW - 120),
+        NodeBuilder::new("b").idle_since(0),
+    ];
+    let ctx = context(client, &nodes, std::slice::from_ref(&job), tmp());
+    let periodic = CheckpointBuilder::new("j", 4)
+        .reason(CheckpointReason::Periodic)
+        .created(9_500)
+        .completed(10, 9_500);
+    let mut script = fetch(running_pods(), vec![ck_json(periodic)]);
+    script.extend([
+        echo("PATCH", &format!("{PODS}/j-2"), |b| {
+            assert_eq!(b["spec"]["nodeName"], "b");
+            assert_eq!(
+                b["metadata"]["annotations"]["lodger.dev/restore-from"],
+                "j-ckpt-4"
+            );
+        }),
+        status_write(&job, Arc::default(), |s| {
+            assert_eq!(s["phase"], "Restoring");
+            assert_eq!(s["evictionReason"], "NodeLost");
+            assert_eq!(s["sourceNode"], "a");
+        }),
+        ApiServer::expect("POST", EVENTS, |b| {
+            assert_eq!(
+                (b["reason"].as_str(), b["type"].as_str()),
+                (Some("RestoredFromCheckpoint"), Some("Warning"))
+            );
+            (201, b)
+        }),
+    ]);
+    let verifier = server.run(script);
+    reconcile_job(&ctx, &job).await.unwrap();
+    verifier.done().await;
 }

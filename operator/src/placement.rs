@@ -433,6 +433,23 @@ pub fn snapshot<'a>(
     }
 }
 
+/// Makes sure `job` is among the demands: a job whose state alone does not say it needs a node
+/// (Running on a lost node, Restoring after a failed restore) asks for one elsewhere than its
+/// current node.
+pub fn ensure_demand(
+    snapshot: &mut Snapshot,
+    job: &MigratableJob,
+    default_min_idle: SignedDuration,
+) {
+    let key = key_of(job);
+    if snapshot.demands.iter().any(|d| d.key == key) {
+        return;
+    }
+    let mut demand = demand_of(job, default_min_idle);
+    demand.exclude = job.status.as_ref().and_then(|s| s.node.clone());
+    snapshot.demands.push(demand);
+}
+
 /// The plan: job key -> node name, for every demand that found a node.
 pub fn plan(snapshot: &Snapshot, now: Timestamp) -> BTreeMap<String, String> {
     // Nodes that are idle candidates at all, longest idle first. Per-job minimum idle times are
@@ -869,6 +886,29 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got["ns/p-0"], "a");
         assert_eq!(got["ns/p-1"], "b");
+    }
+
+    /// A running job whose node is lost asks for a node through `ensure_demand` and gets one
+    /// other than its own. If this breaks, jobs on a crashed desktop are parked although idle
+    /// nodes exist.
+    #[test]
+    fn ensure_demand_adds_a_running_job() {
+        let nodes = vec![
+            NodeBuilder::new("src").not_ready().build(),
+            NodeBuilder::new("dst").idle_since(500).build(),
+        ];
+        let job = JobBuilder::new("j").running_on("src").build();
+        let mut snap = snapshot(
+            &nodes,
+            &[],
+            std::slice::from_ref(&job),
+            SignedDuration::from_secs(30),
+        );
+        assert!(plan(&snap, ts(1000)).is_empty());
+        ensure_demand(&mut snap, &job, SignedDuration::from_secs(30));
+        ensure_demand(&mut snap, &job, SignedDuration::from_secs(30));
+        assert_eq!(snap.demands.len(), 1);
+        assert_eq!(plan(&snap, ts(1000))["ns/j"], "dst");
     }
 
     /// A job being checkpointed away is never planned back onto the node it leaves; if this

@@ -500,12 +500,13 @@ async fn reconcile_single(job: &MigratableJob, ctx: &Context) -> Result<Action, 
                         j.metadata.name != job.metadata.name
                             || j.metadata.namespace != job.metadata.namespace
                     });
-                let snapshot = placement::snapshot(
+                let mut snapshot = placement::snapshot(
                     node_state.iter().map(|n| n.as_ref()),
                     pod_state.iter().map(|p| p.as_ref()),
                     others.chain(std::iter::once(job)),
                     ctx.settings.min_idle,
                 );
+                placement::ensure_demand(&mut snapshot, job, ctx.settings.min_idle);
                 placement::plan(&snapshot, now).remove(&placement::key_of(job))
             })
             .clone()

@@ -727,11 +727,15 @@ async fn reconcile_parent(job: &MigratableJob, n: i32, ctx: &Context) -> Result<
         } else {
             JobPhase::Failed
         }
-    } else if phases
-        .iter()
-        .any(|p| !matches!(p, JobPhase::Pending | JobPhase::Placing))
-    {
+    } else if phases.iter().any(|p| {
+        matches!(
+            p,
+            JobPhase::Running | JobPhase::Checkpointing | JobPhase::Restoring
+        )
+    }) {
         JobPhase::Running
+    } else if phases.contains(&JobPhase::Parked) {
+        JobPhase::Parked
     } else {
         JobPhase::Placing
     });

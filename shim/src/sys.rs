@@ -16,11 +16,13 @@ pub enum Forked {
 
 /// Forks the calling process.
 ///
-/// Callers must only call this while the process is single-threaded (the shim forks before it
-/// starts its async runtime or any thread), so the child can allocate and run ordinary code.
+/// Callers must only call this while the process is single-threaded: the shim forks the job's
+/// init before it starts its async runtime or any thread, and the init (a fresh exec of the
+/// shim binary) forks the job before doing anything else that could start a thread.
 pub fn fork_process() -> nix::Result<Forked> {
-    // SAFETY: the shim forks only before it starts any thread (see `crate::job::start`), so no
-    // lock can be held by another thread in the child and the child may run arbitrary code.
+    // SAFETY: both callers (crate::job::start, crate::job::run_init) run single-threaded (see
+    // above), so no lock can be held by another thread in the child and the child may run
+    // arbitrary code.
     match unsafe { fork() }? {
         ForkResult::Parent { child } => Ok(Forked::Parent(child)),
         ForkResult::Child => Ok(Forked::Child),

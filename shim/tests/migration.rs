@@ -512,3 +512,40 @@ fn exit_codes_identity_and_signal_dedup() {
         .collect();
     assert_eq!(seen.len(), 1, "{seen:?}");
 }
+
+/// A checkpoint that cannot finish within its deadline is abandoned (CRIU is killed) with
+/// `deadlineExceeded`, and the job keeps running here untouched.
+#[test]
+fn deadline_exceeded_keeps_the_job_running() {
+    let lab = Lab::new();
+    let mut node = Node::start(
+        &lab,
+        NodeSpec::new(&lab, "a").testjob(&["--interval-ms", "20"]),
+    );
+    wait_tick(&node, 3);
+    let reply = node.call(lodger_shim::control::Op::Checkpoint(
+        lodger_shim::control::CheckpointRequest {
+            path: "lab/render/1".into(),
+            strategy: Strategy::StopAndCopy,
+            leave_running: false,
+            job: job(),
+            seq: 1,
+            deadline_ms: 1,
+        },
+    ));
+    let (kind, message) = error_kind(reply);
+    assert_eq!(kind, ErrorKind::DeadlineExceeded, "{message}");
+    assert!(
+        !lab.staging().join("lab/render/1").exists(),
+        "partial image left behind"
+    );
+    let after = last_tick(&node.stdout) + 3;
+    wait_tick(&node, after);
+    assert_eq!(
+        disposition(node.signal(SIGTERM, 1)),
+        SignalDisposition::Delivered
+    );
+    assert_eq!(node.wait(), 42);
+    let numbers: Vec<u64> = ticks(&node.stdout.snapshot()).iter().map(|t| t.n).collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+}

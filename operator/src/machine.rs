@@ -2210,3 +2210,204 @@ mod laziness {
         assert_eq!(calls.load(Ordering::Relaxed), 1);
     }
 }
+
+#[cfg(test)]
+mod lifecycle {
+    use super::*;
+    use crate::desired;
+    use crate::fixtures::{JobBuilder, NodeBuilder, PodBuilder, ts};
+    use lodger_api::{CheckpointStatus, TAINT_OWNER_ACTIVE};
+
+    /// A tiny cluster the machine's effects are applied to: pods and Checkpoints appear and go
+    /// as the API server would make them.
+    struct Cluster {
+        job: MigratableJob,
+        pods: Vec<Pod>,
+        stub: Option<Pod>,
+        cks: Vec<Checkpoint>,
+        nodes: Vec<NodeInfo>,
+        now: i64,
+    }
+
+    impl Cluster {
+        fn step(&mut self, target: Option<&str>) -> Decision {
+            let target = target.map(String::from);
+            let idle = || target.clone();
+            let d = decide(Observed {
+                job: &self.job,
+                pods: &self.pods,
+                stub: self.stub.as_ref(),
+                checkpoints: &self.cks,
+                nodes: &self.nodes,
+                idle_target: &idle,
+                now: ts(self.now),
+                checkpoint_margin: SignedDuration::from_secs(30),
+                default_min_idle: SignedDuration::from_secs(30),
+            });
+            let settings = crate::config::Settings::for_tests("/unused".into());
+            for e in &d.effects {
+                match e {
+                    Effect::EnsureStub => self.stub = Some(PodBuilder::stub("j").build()),
+                    Effect::CreatePod {
+                        generation,
+                        node,
+                        restore,
+                    } => {
+                        let mut pod = desired::workload_pod(
+                            &self.job,
+                            &settings,
+                            *generation,
+                            node,
+                            restore.as_ref(),
+                        );
+                        pod.status = PodBuilder::workload("j", *generation, node).build().status;
+                        self.pods.push(pod);
+                    }
+                    Effect::CreateCheckpoint {
+                        seq,
+                        pod,
+                        node,
+                        reason,
+                        leave_running,
+                    } => {
+                        let mut ck = desired::checkpoint(
+                            &self.job,
+                            pod,
+                            node,
+                            *seq,
+                            *reason,
+                            *leave_running,
+                        );
+                        ck.metadata.creation_timestamp = Some(Time(ts(self.now)));
+                        self.cks.push(ck);
+                    }
+                    Effect::DeletePod(name) => self
+                        .pods
+                        .retain(|p| p.metadata.name.as_deref() != Some(name)),
+                    Effect::DeleteCheckpoint(name) => self
+                        .cks
+                        .retain(|c| c.metadata.name.as_deref() != Some(name)),
+                    Effect::ClearMigrateTo => {}
+                }
+            }
+            self.job.status = Some(d.status.clone());
+            self.now += 1;
+            d
+        }
+        fn pod_ready(&mut self, name: &str) {
+            let ready = PodBuilder::workload("j", 0, "x")
+                .ready_at(self.now)
+                .build()
+                .status;
+            self.pods
+                .iter_mut()
+                .find(|p| p.metadata.name.as_deref() == Some(name))
+                .unwrap()
+                .status = ready;
+        }
+        fn agent_completes(&mut self, seq: i64) {
+            let now = self.now;
+            let ck = self.cks.iter_mut().find(|c| c.spec.seq == seq).unwrap();
+            ck.status = Some(CheckpointStatus {
+                phase: Some(CheckpointPhase::Completed),
+                path: Some(format!("ns/j/{seq}")),
+                image_bytes: Some(1 << 20),
+                freeze_millis: Some(80),
+                stopped_at: Some(Time(ts(now - 1))),
+                ..CheckpointStatus::default()
+            });
+        }
+    }
+
+    /// A whole life: placed on n1, owner returns, checkpoint, agent completes it, restored on
+    /// n2, source deleted once the target is Ready, then a second eviction with nowhere to go
+    /// parks it, a node comes idle and it resumes, and it exits 0. Each step is fed the state
+    /// the previous one produced. If this breaks, the steps disagree about the state they hand
+    /// each other (a pod created twice, a source deleted early, a lost history entry).
+    #[test]
+    fn place_evict_migrate_park_unpark_complete() {
+        let mut c = Cluster {
+            job: JobBuilder::new("j").build(),
+            pods: vec![],
+            stub: None,
+            cks: vec![],
+            nodes: ["n1", "n2", "n3"]
+                .map(|n| NodeInfo::from_node(&NodeBuilder::new(n).idle_since(0).build()))
+                .to_vec(),
+            now: 1_000,
+        };
+        assert_eq!(c.step(Some("n1")).step, "place");
+        assert_eq!(
+            c.step(Some("n2")).step,
+            "running",
+            "nothing new while the pod starts"
+        );
+        c.pod_ready("j-1");
+        let d = c.step(None);
+        assert_eq!(d.step, "running");
+        assert!(d.effects.is_empty());
+
+        c.nodes[0] = NodeInfo::from_node(
+            &NodeBuilder::new("n1")
+                .taint(TAINT_OWNER_ACTIVE, "NoSchedule")
+                .build(),
+        );
+        assert_eq!(c.step(None).step, "evict");
+        assert_eq!(c.step(Some("n2")).step, "checkpoint-in-flight");
+        c.agent_completes(1);
+        assert_eq!(c.step(Some("n2")).step, "restore");
+        assert_eq!(c.pods.len(), 2, "source kept until the target is Ready");
+        assert_eq!(c.step(Some("n3")).step, "restore-in-flight");
+        c.pod_ready("j-2");
+        let d = c.step(None);
+        assert_eq!(d.step, "restored");
+        assert_eq!(
+            c.pods
+                .iter()
+                .map(|p| p.metadata.name.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["j-2"]
+        );
+        let st = c.job.status.clone().unwrap();
+        assert_eq!(
+            (st.phase, st.node.as_deref(), st.migrations),
+            (Some(JobPhase::Running), Some("n2"), 1)
+        );
+        assert_eq!(
+            st.history[0].downtime_millis,
+            Some(3_000),
+            "stopped at t-1, Ready at t+2"
+        );
+
+        c.nodes[1] = NodeInfo::from_node(&NodeBuilder::new("n2").cordoned().build());
+        assert_eq!(c.step(None).step, "evict");
+        c.agent_completes(2);
+        assert_eq!(c.step(None).step, "park");
+        assert!(c.pods.is_empty());
+        assert_eq!(c.step(None).step, "parked");
+        assert_eq!(c.step(Some("n3")).step, "unpark");
+        c.pod_ready("j-3");
+        let d = c.step(None);
+        assert_eq!(d.notes[0].reason, reason::UNPARKED);
+        let st = c.job.status.clone().unwrap();
+        assert_eq!(
+            (st.migrations, st.history.len(), st.pod.as_deref()),
+            (2, 3, Some("j-3"))
+        );
+
+        let done = PodBuilder::workload("j", 3, "n3")
+            .succeeded()
+            .build()
+            .status;
+        c.pods[0].status = done;
+        assert_eq!(c.step(None).step, "complete");
+        assert_eq!(
+            c.job.status.as_ref().unwrap().phase,
+            Some(JobPhase::Succeeded)
+        );
+        assert!(
+            c.step(Some("n1")).effects.is_empty(),
+            "a finished job stays finished"
+        );
+    }
+}

@@ -5,7 +5,8 @@
 # Record results in docs/benchmarks.md.
 #
 # Extra arguments go to lodger-bench (e.g. `scripts/bench.sh --quick`).
-# Environment: CARGO (default cargo), CARGO_TARGET_DIR (default target), CRIU.
+# Environment: CARGO (default cargo), CARGO_TARGET_DIR (default target), CRIU,
+# LODGER_BENCH_ENGINE_ONLY=1 to skip the other components' benchmarks.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,9 @@ echo "# Engine benchmark ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
 "$target/release/lodger-bench" --criu "$criu" "$@"
 
 # Other components' benchmarks, when their crates have them.
+if [ "${LODGER_BENCH_ENGINE_ONLY:-0}" = 1 ]; then
+    exit 0
+fi
 for spec in lodger-operator:operator/benches/placement.rs lodger-node-agent:node-agent/benches/footprint.rs; do
     pkg=${spec%%:*}
     file=${spec#*:}

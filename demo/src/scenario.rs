@@ -343,17 +343,39 @@ impl Agent {
         let (ck, sig) = self.runtime.block_on(async {
             let ck = control::call(&socket, Op::Checkpoint(req), Duration::from_secs(120));
             let sig = async {
-                // Let the checkpoint request reach the shim first.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                control::call(
-                    &socket,
-                    Op::Signal {
-                        signo: signal.0,
-                        seq: signal.1,
-                    },
-                    Duration::from_secs(120),
-                )
-                .await
+                // Send the signal once the shim says the checkpoint is under way (or over).
+                let limit = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < limit {
+                    match control::call(&socket, Op::Status, Duration::from_secs(5)).await {
+                        Ok(Reply::Status(s))
+                            if s.job == control::JobState::Checkpointing
+                                || s.job == control::JobState::Migrated =>
+                        {
+                            break;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+                // As the node agent does: while the shim is sealing the image (Busy), retry.
+                loop {
+                    let reply = control::call(
+                        &socket,
+                        Op::Signal {
+                            signo: signal.0,
+                            seq: signal.1,
+                        },
+                        Duration::from_secs(120),
+                    )
+                    .await;
+                    match &reply {
+                        Ok(Reply::Error(e))
+                            if e.kind == ErrorKind::Busy && Instant::now() < limit =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        _ => break reply,
+                    }
+                }
             };
             tokio::join!(ck, sig)
         });

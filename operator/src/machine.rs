@@ -2261,6 +2261,7 @@ mod lifecycle {
                             restore.as_ref(),
                         );
                         pod.status = PodBuilder::workload("j", *generation, node).build().status;
+                        pod.metadata.creation_timestamp = Some(Time(ts(self.now)));
                         self.pods.push(pod);
                     }
                     Effect::CreateCheckpoint {
@@ -2409,5 +2410,69 @@ mod lifecycle {
             c.step(Some("n1")).effects.is_empty(),
             "a finished job stays finished"
         );
+    }
+
+    /// Crash recovery: a periodic checkpoint is taken while the job keeps running; the node is
+    /// lost; after the grace period the job is restored elsewhere from that checkpoint; the
+    /// restore fails, no older checkpoint exists, so the command restarts afresh; once that pod
+    /// is Ready every older pod goes. If this breaks, crash recovery loops, loses the job, or
+    /// leaves pods of dead generations behind.
+    #[test]
+    fn periodic_then_node_lost_then_failed_restore_then_restart() {
+        let mut c = Cluster {
+            job: JobBuilder::new("j").interval(600).build(),
+            pods: vec![],
+            stub: None,
+            cks: vec![],
+            nodes: ["n1", "n2"]
+                .map(|n| NodeInfo::from_node(&NodeBuilder::new(n).idle_since(0).build()))
+                .to_vec(),
+            now: 1_000,
+        };
+        assert_eq!(c.step(Some("n1")).step, "place");
+        c.pod_ready("j-1");
+        assert_eq!(c.step(None).step, "running");
+        c.now += 600;
+        let d = c.step(None);
+        assert_eq!(d.step, "periodic-checkpoint");
+        assert_eq!(
+            c.job.status.as_ref().unwrap().phase,
+            Some(JobPhase::Running)
+        );
+        c.agent_completes(1);
+        assert_eq!(c.step(None).step, "running");
+        assert_eq!(
+            c.job.status.as_ref().unwrap().last_checkpoint.as_deref(),
+            Some("j-ckpt-1")
+        );
+
+        let lost_at = c.now;
+        c.nodes[0] = NodeInfo::from_node(&NodeBuilder::new("n1").not_ready_since(lost_at).build());
+        assert_eq!(c.step(Some("n2")).step, "node-not-ready-grace");
+        c.now = lost_at + 31;
+        assert_eq!(c.step(Some("n2")).step, "node-lost-restore");
+        let failed = PodBuilder::workload("j", 2, "n2").failed(1).build().status;
+        c.pods
+            .iter_mut()
+            .find(|p| p.metadata.name.as_deref() == Some("j-2"))
+            .unwrap()
+            .status = failed;
+        assert_eq!(c.step(Some("n2")).step, "restore-restart");
+        assert_eq!(c.pods.len(), 3, "nothing deleted before a successor runs");
+        c.pod_ready("j-3");
+        assert_eq!(c.step(None).step, "restored");
+        assert_eq!(
+            c.pods
+                .iter()
+                .map(|p| p.metadata.name.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["j-3"]
+        );
+        let st = c.job.status.clone().unwrap();
+        assert_eq!(
+            (st.phase, st.node.as_deref(), st.migrations),
+            (Some(JobPhase::Running), Some("n2"), 0)
+        );
+        assert!(st.pending_checkpoint.is_none() && st.eviction_reason.is_none());
     }
 }

@@ -2475,4 +2475,46 @@ mod lifecycle {
         );
         assert!(st.pending_checkpoint.is_none() && st.eviction_reason.is_none());
     }
+
+    /// A failed dump: the job stays where it was, the retry waits out the backoff, the second
+    /// checkpoint succeeds and the job moves. If this breaks, a failed dump strands the job in
+    /// Checkpointing or the operator retries in a hot loop.
+    #[test]
+    fn failed_checkpoint_backs_off_then_migrates() {
+        let mut c = Cluster {
+            job: JobBuilder::new("j").build(),
+            pods: vec![],
+            stub: None,
+            cks: vec![],
+            nodes: ["n1", "n2"]
+                .map(|n| NodeInfo::from_node(&NodeBuilder::new(n).idle_since(0).build()))
+                .to_vec(),
+            now: 1_000,
+        };
+        c.step(Some("n1"));
+        c.pod_ready("j-1");
+        c.nodes[0] = NodeInfo::from_node(&NodeBuilder::new("n1").cordoned().build());
+        assert_eq!(c.step(None).step, "evict");
+        let now = c.now;
+        c.cks[0].status = Some(CheckpointStatus {
+            phase: Some(CheckpointPhase::Failed),
+            message: Some("criu: can't dump".into()),
+            completed_at: Some(Time(ts(now))),
+            ..CheckpointStatus::default()
+        });
+        let d = c.step(Some("n2"));
+        assert_eq!(d.step, "checkpoint-failed");
+        assert_eq!(c.job.status.as_ref().unwrap().node.as_deref(), Some("n1"));
+        assert_eq!(c.step(Some("n2")).step, "backoff");
+        c.now = now + 10;
+        assert_eq!(c.step(Some("n2")).step, "evict");
+        assert_eq!(c.cks.len(), 2);
+        c.agent_completes(2);
+        assert_eq!(c.step(Some("n2")).step, "restore");
+        c.pod_ready("j-2");
+        assert_eq!(c.step(None).step, "restored");
+        let st = c.job.status.clone().unwrap();
+        assert_eq!((st.node.as_deref(), st.migrations), (Some("n2"), 1));
+        assert_eq!(st.history[0].reason, CheckpointReason::Drain);
+    }
 }

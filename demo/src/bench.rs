@@ -552,8 +552,8 @@ pub fn engine_table(results: &[SizeResults]) -> String {
 /// Engine vs raw CRIU, one row per (RSS, strategy) measured both ways, medians over runs.
 pub fn raw_table(results: &[SizeResults]) -> String {
     let mut t = String::from(
-        "| RSS | strategy | engine dump ms | raw dump ms | engine resumed ms | raw resumed ms | engine all back ms | raw all back ms | engine/raw (dump → all back) |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| RSS | strategy | engine freeze ms | raw freeze ms | engine dump ms | raw dump ms | engine resumed ms | raw resumed ms | engine all back ms | raw all back ms | engine/raw (dump → all back) |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for size in results {
         let mut strategies: Vec<Strategy> = Vec::new();
@@ -569,6 +569,8 @@ pub fn raw_table(results: &[SizeResults]) -> String {
                 .filter(|s| s.requested == strategy && s.used == strategy)
                 .collect();
             let raw: Vec<&RawSample> = size.raw.iter().filter(|s| s.strategy == strategy).collect();
+            let e_freeze = median(eng.iter().map(|s| s.freeze_ms));
+            let r_freeze = median(raw.iter().map(|s| s.freeze_ms));
             let e_dump = median(eng.iter().map(|s| s.dump_ms));
             let e_resume = median(eng.iter().map(|s| s.resume_ms));
             let e_all = median(eng.iter().map(|s| s.complete_ms));
@@ -577,7 +579,7 @@ pub fn raw_table(results: &[SizeResults]) -> String {
             let r_all = median(raw.iter().map(|s| s.complete_ms));
             let _ = writeln!(
                 t,
-                "| {} MiB | {strategy} | {e_dump} | {r_dump} | {e_resume} | {r_resume} | {e_all} | {r_all} | {} |",
+                "| {} MiB | {strategy} | {e_freeze} | {r_freeze} | {e_dump} | {r_dump} | {e_resume} | {r_resume} | {e_all} | {r_all} | {} |",
                 size.mib,
                 if eng.is_empty() {
                     "-".to_string()
@@ -733,7 +735,7 @@ mod tests {
         let raw = raw_table(&results);
         // engine (median dump 200 + all back 100) / raw (100 + 100) = 1.50x.
         assert!(
-            raw.contains("| 64 MiB | StopAndCopy | 200 | 100 |"),
+            raw.contains("| 64 MiB | StopAndCopy | 10 | 10 | 200 | 100 |"),
             "{raw}"
         );
         assert!(raw.contains("| 1.50x |"), "{raw}");

@@ -99,6 +99,9 @@ pub struct NodeSpec {
     pub extra: Vec<String>,
     /// Shell run inside the node's mount namespace before the shim (e.g. mounting a tmpfs).
     pub setup: Option<String>,
+    /// Capability bounding set for the shim (`setpriv --bounding-set`), like a pod's
+    /// `capabilities: {drop: [ALL], add: [...]}`; None = all of root's.
+    pub caps: Option<String>,
     pub command: Vec<String>,
 }
 
@@ -112,6 +115,7 @@ impl NodeSpec {
             restore: None,
             extra: vec!["--exit-after-migration".into()],
             setup: None,
+            caps: None,
             command: Vec::new(),
         }
     }
@@ -143,8 +147,12 @@ impl Node {
     pub fn start(lab: &Lab, spec: NodeSpec) -> Self {
         let control_dir = lab.path(&format!("control-{}", spec.name));
         std::fs::create_dir_all(&control_dir).unwrap();
-        let mut shim: Vec<String> = vec![
-            SHIM.into(),
+        let mut shim: Vec<String> = Vec::new();
+        if let Some(caps) = &spec.caps {
+            shim.extend(["setpriv".into(), "--bounding-set".into(), caps.clone()]);
+        }
+        shim.extend([
+            SHIM.to_owned(),
             "--control-dir".into(),
             control_dir.display().to_string(),
             "--checkpoint-root".into(),
@@ -157,7 +165,7 @@ impl Node {
             job().name,
             "--job-uid".into(),
             spec.job_uid.clone(),
-        ];
+        ]);
         if let Some(r) = &spec.restore {
             shim.push("--restore".into());
             shim.push(r.clone());

@@ -191,6 +191,16 @@ pub fn pod_state(pod: Option<&Pod>) -> PodState {
     }
 }
 
+/// Pod `status.reason`s with which the kubelet refuses a pod at admission, before anything ran
+/// (`OutOfcpu`, `OutOfmemory`, `OutOfpods`, `NodeAffinity`, `Taint`, ...).
+pub fn is_admission_rejection(reason: &str) -> bool {
+    reason.starts_with("OutOf")
+        || matches!(
+            reason,
+            "NodeAffinity" | "NodeSelectorMismatching" | "Taint" | "UnexpectedAdmissionError"
+        )
+}
+
 fn generation_of(pod: &Pod) -> i64 {
     pod.metadata
         .labels
@@ -735,19 +745,42 @@ impl<'a> Machine<'a> {
                 succeeded,
                 exit_code,
             } => {
+                let pod_reason = pod
+                    .and_then(|p| p.status.as_ref())
+                    .and_then(|s| s.reason.clone())
+                    .unwrap_or_default();
+                if exit_code.is_none() && is_admission_rejection(&pod_reason) {
+                    // The kubelet refused the pod (our view of the node's room was stale):
+                    // nothing ran, so place the job again.
+                    self.s.pod = None;
+                    self.s.node = None;
+                    self.s.phase = Some(JobPhase::Placing);
+                    self.note(
+                        true,
+                        reason::NO_IDLE_NODE,
+                        format!("the kubelet on {node_name} refused the pod ({pod_reason}): placing the job again"),
+                    );
+                    self.requeue_in(SignedDuration::from_secs(1));
+                    return "admission-rejected";
+                }
                 // The shim exits with the job's code.
                 let (phase, why) = if succeeded {
                     (JobPhase::Succeeded, reason::SUCCEEDED)
                 } else {
                     (JobPhase::Failed, reason::FAILED)
                 };
-                let code = exit_code.map_or("unknown".into(), |c| c.to_string());
-                self.finish(
-                    phase,
-                    exit_code,
-                    why,
-                    format!("the job exited with code {code} on {node_name}"),
-                );
+                let message = match exit_code {
+                    Some(code) => format!("the job exited with code {code} on {node_name}"),
+                    None => format!(
+                        "the pod failed on {node_name} before the job ran{}",
+                        if pod_reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({pod_reason})")
+                        }
+                    ),
+                };
+                self.finish(phase, exit_code, why, message);
                 return "complete";
             }
             PodState::Missing => {
@@ -2148,6 +2181,35 @@ mod tests {
         let d2 = w2.decide();
         assert!(d2.effects.is_empty() && d2.notes.is_empty());
         assert_eq!(d2.status, d1.status);
+    }
+
+    /// A pod the kubelet refused at admission (OutOfcpu) is placed again; one that failed
+    /// without a reason we know ends the job with a message saying nothing ran. If this breaks,
+    /// a stale view of a node's room fails jobs that never started.
+    #[test]
+    fn admission_rejection_replaces() {
+        let mut rejected = PodBuilder::workload("j", 1, "a").build();
+        rejected.status = Some(
+            serde_json::from_value(serde_json::json!({"phase": "Failed", "reason": "OutOfcpu"}))
+                .unwrap(),
+        );
+        let mut w = World::new(JobBuilder::new("j").running_on("a")).node(NodeBuilder::new("a"));
+        w.pods.push(rejected);
+        let d = w.decide();
+        assert_eq!(d.step, "admission-rejected");
+        assert_eq!(d.status.phase, Some(JobPhase::Placing));
+        let mut other = PodBuilder::workload("j", 1, "a").build();
+        other.status =
+            Some(serde_json::from_value(serde_json::json!({"phase": "Failed"})).unwrap());
+        let mut w = World::new(JobBuilder::new("j").running_on("a")).node(NodeBuilder::new("a"));
+        w.pods.push(other);
+        let d = w.decide();
+        assert_eq!(d.status.phase, Some(JobPhase::Failed));
+        assert!(
+            d.notes[0].message.contains("before the job ran"),
+            "{}",
+            d.notes[0].message
+        );
     }
 
     /// A pod that never started is re-placed rather than checkpointed; deleting the stub ends

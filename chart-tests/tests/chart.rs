@@ -1051,6 +1051,7 @@ fn notes_explain_labels_jobs_and_pod_security() {
         "lodger.dev/workstation=true",
         "pod-security.kubernetes.io/enforce=privileged",
         "SYS_ADMIN",
+        "SYS_CHROOT",
         "Unconfined",
         "kind: MigratableJob",
         "kubectl logs",

@@ -196,7 +196,7 @@ mount -o remount,bind,ro /opt/lodger
 "#;
 
 /// The workload container's capability set (docs/contracts.md); the shim and CRIU run with it.
-const WORKLOAD_CAPS: &str = "setpriv --bounding-set -all,+sys_admin,+sys_ptrace,+checkpoint_restore,+net_admin,+sys_time --inh-caps -all";
+const WORKLOAD_CAPS: &str = "setpriv --bounding-set -all,+sys_admin,+sys_ptrace,+checkpoint_restore,+net_admin,+sys_time,+sys_chroot --inh-caps -all";
 
 /// Then hide the system's library directories so nothing can come from them; after this only
 /// shell builtins and the bundle can run (so the directory `mount` itself needs goes last).

@@ -97,6 +97,7 @@ impl IdleSettings {
                 input_dir: args.input_dir.clone(),
                 sys_input_dir: args.sys_input_dir.clone(),
                 rescan: Duration::from_secs(10),
+                coalesce: Duration::from_millis(500),
             },
             dev_dir: args.dev_dir.clone(),
             loadavg: args.proc_root.join("loadavg"),

@@ -6,7 +6,9 @@ use lodger_node_agent::agent;
 use lodger_node_agent::config::{Args, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
+// NB: one thread: the agent only waits on sockets, devices and timers, so a single-threaded
+// runtime does the job without cross-thread wake-ups or the worker threads' stacks.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -7,6 +7,8 @@
 //! - [`signals`]: pending JobSignals of jobs running here → the current pod's shim → status.
 
 pub mod checkpoint;
+#[cfg(test)]
+mod real_shim_tests;
 pub mod signals;
 
 use std::path::{Path, PathBuf};

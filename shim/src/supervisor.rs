@@ -512,6 +512,15 @@ async fn supervise(
     });
     let (stop_tx, mut stop_rx) = watch::channel(false);
     spawn_signal_forwarding(Arc::clone(&shim), stop_tx)?;
+    let init = shim.init;
+    tokio::spawn(async move {
+        let period = Duration::from_secs(5);
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            every.tick().await;
+            reap_orphans(init);
+        }
+    });
 
     let init = shim.init;
     let status = tokio::task::spawn_blocking(move || {
@@ -573,6 +582,40 @@ async fn supervise(
     };
     let _ = std::fs::remove_file(&socket);
     Ok(code)
+}
+
+/// Reaps zombies reparented to the shim (it is the container's PID 1 and a child subreaper):
+/// orphans of `kubectl exec` sessions, for instance. Leaves alone the job's init (waited for
+/// separately) and CRIU processes (waited for by the engine), so no waiter loses its child.
+fn reap_orphans(init: Pid) {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == init.as_raw() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`; comm may contain spaces, so split after the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        let mut fields = rest.split_whitespace();
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if state == "Z" && ppid == me && comm != "criu" {
+            let _ = waitpid(
+                Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
 }
 
 /// Forwards the signals a container's PID 1 receives to the job; SIGTERM/SIGINT after the job

@@ -607,3 +607,52 @@ fn without_sys_chroot_the_dump_fails_safely() {
     );
     assert_eq!(node.wait(), 42);
 }
+
+/// The shim is a container's PID 1: orphans reparented to it are reaped (else `kubectl exec`
+/// leftovers pile up as zombies), while the job keeps being supervised.
+#[test]
+fn orphans_reparented_to_the_shim_are_reaped() {
+    let lab = Lab::new();
+    let mut spec = NodeSpec::new(&lab, "a").testjob(&["--interval-ms", "20"]);
+    // The subshell exits at once; its `sleep` is orphaned to the node's PID 1, which then execs
+    // the shim.
+    spec.setup = Some("(sleep 0.2 &)".into());
+    let mut node = Node::start(&lab, spec);
+    wait_tick(&node, 2);
+    let shim = node.shim_pid().to_string();
+    let zombies = || -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let Some((_, rest)) = stat.rsplit_once(')') else {
+                    return false;
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f.len() > 1 && f[0] == "Z" && f[1] == shim
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    // The orphan exits after 0.2 s: first it must show up as the shim's zombie (proof it was
+    // reparented to the shim), then the shim's 5 s sweep must reap it.
+    while zombies() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphan never became the shim's zombie"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    while zombies() > 0 {
+        assert!(std::time::Instant::now() < deadline, "zombie never reaped");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let after = last_tick(&node.stdout) + 2;
+    wait_tick(&node, after);
+    assert_eq!(
+        disposition(node.signal(SIGTERM, 1)),
+        SignalDisposition::Delivered
+    );
+    assert_eq!(node.wait(), 42);
+}

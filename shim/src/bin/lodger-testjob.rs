@@ -145,7 +145,9 @@ fn main() {
         from_child.read_line(&mut answer).expect("read relay child");
         let off = match file.as_mut() {
             Some(f) => {
-                writeln!(f, "line {tick}").expect("append to --file");
+                // One write(2) per line, so an exit between ticks never leaves half a line.
+                f.write_all(format!("line {tick}\n").as_bytes())
+                    .expect("append to --file");
                 f.stream_position().expect("file offset")
             }
             None => 0,

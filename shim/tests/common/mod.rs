@@ -216,6 +216,18 @@ impl Node {
         }
     }
 
+    /// PID (in the test's namespace) of the node's shim: the child of `unshare`.
+    pub fn shim_pid(&self) -> u32 {
+        let id = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children")).unwrap();
+        children
+            .split_whitespace()
+            .next()
+            .expect("unshare has forked")
+            .parse()
+            .unwrap()
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.control_dir.join(control::SOCKET_NAME)
     }

@@ -173,17 +173,7 @@ pub fn workload_pod(
         run_as_non_root: Some(false),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".into()]),
-            add: Some(
-                [
-                    "SYS_ADMIN",
-                    "SYS_PTRACE",
-                    "CHECKPOINT_RESTORE",
-                    "NET_ADMIN",
-                    "SYS_TIME",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
+            add: Some(shim_capabilities(uid.is_some() || gid.is_some())),
         }),
         seccomp_profile: Some(SeccompProfile {
             type_: "Unconfined".into(),
@@ -465,6 +455,26 @@ pub fn instance(parent: &MigratableJob, index: i32) -> MigratableJob {
     child
 }
 
+/// Capabilities the shim needs in the workload container (docs/engine.md explains each): CRIU
+/// dump/restore of a nested PID + mount namespace (SYS_ADMIN, SYS_PTRACE, CHECKPOINT_RESTORE,
+/// SYS_CHROOT to enter the job's mount namespace), restore without `--unprivileged` so the time
+/// namespace keeps CLOCK_MONOTONIC continuous (NET_ADMIN, SYS_TIME), and SETUID/SETGID only when
+/// the job runs as another user. The shim drops all of them from the job before exec.
+pub fn shim_capabilities(switches_user: bool) -> Vec<String> {
+    let mut caps = vec![
+        "SYS_ADMIN",
+        "SYS_PTRACE",
+        "CHECKPOINT_RESTORE",
+        "NET_ADMIN",
+        "SYS_TIME",
+        "SYS_CHROOT",
+    ];
+    if switches_user {
+        caps.extend(["SETUID", "SETGID"]);
+    }
+    caps.into_iter().map(String::from).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,7 +549,19 @@ mod tests {
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "Unconfined");
         let caps = sc.capabilities.as_ref().unwrap();
         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-        assert_eq!(caps.add.as_ref().unwrap().len(), 5);
+        assert_eq!(
+            caps.add.as_ref().unwrap(),
+            &[
+                "SYS_ADMIN",
+                "SYS_PTRACE",
+                "CHECKPOINT_RESTORE",
+                "NET_ADMIN",
+                "SYS_TIME",
+                "SYS_CHROOT",
+                "SETUID",
+                "SETGID"
+            ]
+        );
         assert!(spec.security_context.unwrap().run_as_user.is_none());
         let mounts: Vec<(&str, &str, Option<bool>)> = c
             .volume_mounts

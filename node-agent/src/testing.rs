@@ -99,6 +99,34 @@ impl ApiServerVerifier {
         body
     }
 
+    /// Expects `method` on a URI starting with `uri_prefix` (generated names), replies 200 with
+    /// `{}`, returns the body.
+    pub async fn expect_prefix(&mut self, method: &str, uri_prefix: &str) -> Value {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request arrived; expected {method} {uri_prefix}..."))
+            .unwrap_or_else(|| panic!("client gone; expected {method} {uri_prefix}..."));
+        assert_eq!(
+            request.method().as_str(),
+            method,
+            "method of {}",
+            request.uri()
+        );
+        let uri = request.uri().to_string();
+        assert!(
+            uri.starts_with(uri_prefix),
+            "URI {uri} does not start with {uri_prefix}"
+        );
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        send.send_response(
+            Response::builder()
+                .status(200)
+                .body(Body::from(b"{}".to_vec()))
+                .unwrap(),
+        );
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+
     /// Expects `method uri`, replies with an API error `status`/`reason`, returns the body.
     pub async fn expect_status(
         &mut self,

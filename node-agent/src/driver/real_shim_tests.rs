@@ -69,6 +69,7 @@ impl RealShim {
         std::fs::create_dir_all(&control_dir).unwrap();
         let log = kubelet_root.join("shim.log");
         let log_file = std::fs::File::create(&log).unwrap();
+        let out_file = std::fs::File::create(kubelet_root.join("job.out")).unwrap();
         let child = Command::new(built_binary("lodger-shim"))
             .arg("--control-dir")
             .arg(&control_dir)
@@ -86,7 +87,7 @@ impl RealShim {
             .arg("--")
             .args(job)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(out_file)
             .stderr(log_file)
             .spawn()
             .expect("the shim starts");
@@ -139,11 +140,14 @@ impl Drop for RealShim {
     }
 }
 
+/// The job's command line. NB: the binary is copied into the test's directory first: CRIU
+/// cannot dump a process whose executable was replaced on disk meanwhile (a "ghost file"), which
+/// happens when anything rebuilds `target/debug` while the test runs.
 fn testjob(mem_mib: u32, ticks: &Path) -> Vec<String> {
+    let copy = ticks.with_file_name("lodger-testjob");
+    std::fs::copy(built_binary("lodger-testjob"), &copy).expect("copy the test job");
     vec![
-        built_binary("lodger-testjob")
-            .to_string_lossy()
-            .into_owned(),
+        copy.to_string_lossy().into_owned(),
         "--interval-ms".into(),
         "20".into(),
         "--mem-mib".into(),
@@ -158,8 +162,8 @@ async fn wait_for_ticks(ticks: &Path) {
     let started = Instant::now();
     while std::fs::metadata(ticks).map(|m| m.len()).unwrap_or(0) == 0 {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the job did not start ticking within 60 s"
+            started.elapsed() < Duration::from_secs(180),
+            "the job did not start ticking within 180 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -297,4 +301,95 @@ async fn real_shim_deadline_leaves_the_job_running() {
             .exists(),
         "an abandoned dump must not leave a manifest behind"
     );
+}
+
+/// If this fails, a JobSignal does not reach the real job through the real shim exactly once:
+/// seq 1 (SIGUSR1) is delivered, a second hand-over of the same seq (an agent that restarted
+/// before its status write landed) is a duplicate that still ends Delivered, and the job saw
+/// the signal once.
+#[tokio::test]
+async fn real_shim_delivers_a_signal_exactly_once() {
+    use super::signals::{Delivery, PendingSignal, deliver};
+    require_root_and_criu();
+    let kubelet = tempfile::tempdir().unwrap();
+    let volume = tempfile::tempdir().unwrap();
+    let ticks = kubelet.path().join("ticks");
+    let mut shim = RealShim::start(kubelet.path(), volume.path(), &testjob(4, &ticks));
+    shim.wait_running().await;
+    wait_for_ticks(&ticks).await;
+
+    let sig_uri = "/apis/lodger.dev/v1alpha1/namespaces/lab/jobsignals/sim-sig-1/status?&force=true&fieldManager=lodger-node-agent";
+    let (client, verifier) = ApiServerVerifier::new();
+    let server = tokio::spawn(async move {
+        let mut v = verifier;
+        for (i, needle) in ["delivered to the job", "already handed"]
+            .into_iter()
+            .enumerate()
+        {
+            let body = v
+                .expect_fn("PATCH", sig_uri, |b| {
+                    json!({
+                        "apiVersion": "lodger.dev/v1alpha1", "kind": "JobSignal",
+                        "metadata": {"name": "sim-sig-1", "namespace": "lab"},
+                        "spec": {"job": "sim", "signal": 10, "seq": 1},
+                        "status": b["status"].clone(),
+                    })
+                })
+                .await;
+            assert_eq!(body["status"]["phase"], "Delivered");
+            let msg = body["status"]["message"].as_str().unwrap();
+            assert!(msg.contains(needle), "{msg}");
+            if i == 0 {
+                v.expect("POST", EVENTS_URI, None, json!({})).await;
+            } else {
+                // The recorder folds a repeated Event into a series: a merge patch.
+                let series = v
+                    .expect_prefix(
+                        "PATCH",
+                        "/apis/events.k8s.io/v1/namespaces/lab/events/sim-sig-1.",
+                    )
+                    .await;
+                assert_eq!(series["series"]["count"], 2, "{series}");
+            }
+        }
+    });
+    let ctx = context(client, kubelet.path());
+    let delivery = Delivery {
+        namespace: "lab".into(),
+        job: "sim".into(),
+        pod: "sim-2".into(),
+        pod_uid: "pod-uid-1".into(),
+        signals: vec![PendingSignal {
+            name: "sim-sig-1".into(),
+            signo: 10,
+            seq: 1,
+        }],
+    };
+    assert_eq!(
+        deliver(&ctx, &delivery).await.unwrap(),
+        vec!["lab/sim-sig-1"]
+    );
+    assert_eq!(
+        deliver(&ctx, &delivery).await.unwrap(),
+        vec!["lab/sim-sig-1"]
+    );
+    timeout_after(5, server).await;
+
+    let out = kubelet.path().join("job.out");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("usr1 count=1")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the job never saw SIGUSR1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give a wrongly repeated signal time to arrive, then check it did not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.matches("usr1 count=").count(), 1, "{text}");
+    assert!(text.contains("usr1 count=1 mem_ok=true"), "{text}");
 }

@@ -227,6 +227,11 @@ async fn finish(
     took: Option<Duration>,
 ) -> Result<Action, CheckpointError> {
     apply_status(ctx, ckpt, &status).await?;
+    if let Some(uid) = &ckpt.metadata.uid
+        && let Ok(mut finished) = ctx.finished.lock()
+    {
+        finished.insert(uid.clone());
+    }
     let completed = status.phase == Some(CheckpointPhase::Completed);
     let note = status.message.clone().unwrap_or_default();
     let (label, type_, why) = if completed {
@@ -277,11 +282,22 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, CheckpointError> {
     let status = ckpt.status.clone().unwrap_or_default();
-    if matches!(
+    let terminal = matches!(
         status.phase,
         Some(CheckpointPhase::Completed | CheckpointPhase::Failed)
-    ) || ckpt.spec.node != ctx.node_name
+    );
+    if let Some(uid) = &ckpt.metadata.uid
+        && let Ok(mut finished) = ctx.finished.lock()
     {
+        // NB: a reconcile can run on a cached object older than our own final status write
+        // (the watch has not shown it yet); never act twice on a Checkpoint we finished.
+        if terminal {
+            finished.remove(uid);
+        } else if finished.contains(uid) {
+            return Ok(Action::await_change());
+        }
+    }
+    if terminal || ckpt.spec.node != ctx.node_name {
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
@@ -586,6 +602,18 @@ mod tests {
             .unwrap();
         assert_eq!(action, Action::await_change());
         timeout_after_1s(server).await;
+        // A reconcile of the stale object (the watch has not shown our Completed status yet)
+        // must neither dump again nor write: the verifier is gone, so any request would fail.
+        let mut stale = checkpoint(300);
+        stale.status = Some(CheckpointStatus {
+            phase: Some(CheckpointPhase::InProgress),
+            started_at: Some(Time(Timestamp::now())),
+            ..CheckpointStatus::default()
+        });
+        assert_eq!(
+            reconcile(Arc::new(stale), ctx.clone()).await.unwrap(),
+            Action::await_change()
+        );
         let requests = shim.requests();
         assert_eq!(requests.len(), 1);
         let Op::Checkpoint(req) = &requests[0].op else {

@@ -51,6 +51,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// UIDs of Checkpoints this agent finished whose terminal status the watch has not shown
+    /// yet: a reconcile of the stale (InProgress) object must not dump again.
+    pub finished: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -88,6 +91,7 @@ impl Context {
             shim_timeout: Duration::from_secs(5),
             recorder,
             metrics,
+            finished: std::sync::Mutex::default(),
         }
     }
 

@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 use crate::criu::{self, CriuError};
 use crate::layout;
 use crate::manifest::{DumpFigures, JobId, MANIFEST_FILE, Manifest, Strategy, TravelState};
-use crate::{Engine, EngineError, kernel_release, stats, unix_ms};
+use crate::{Engine, EngineError, kernel_release, seal, stats, unix_ms};
 
 /// Number of `pre-dump` rounds of PreCopy before the final dump.
 pub const PRE_DUMP_ROUNDS: u32 = 2;
@@ -243,7 +243,7 @@ impl Engine {
             }
             let _ = std::fs::remove_dir_all(&dir);
         };
-        let (mut figures, stopped_at) = match finish() {
+        let (figures, stopped_at) = match finish() {
             Ok(v) => v,
             Err(e) => {
                 abandon(page_server);
@@ -252,9 +252,8 @@ impl Engine {
         };
         let travel = seal();
         let write = || -> Result<Manifest, EngineError> {
-            let files = crate::manifest::describe_files(&dir)?;
-            figures.duration_ms = elapsed_ms(started);
-            let manifest = Manifest {
+            // NB: seal fsyncs every image file and directory before it writes the manifest.
+            let build = |files: Vec<crate::manifest::ImageFile>| Manifest {
                 format_version: crate::manifest::FORMAT_VERSION,
                 job: spec.job.clone(),
                 seq: spec.seq,
@@ -267,13 +266,18 @@ impl Engine {
                 created_at_unix_ms: unix_ms(),
                 stopped_at_unix_ms: stopped_at,
                 page_server: page_server.as_ref().map(|p| p.address.clone()),
-                figures,
+                figures: DumpFigures {
+                    duration_ms: elapsed_ms(started),
+                    ..figures
+                },
                 image_bytes: files.iter().map(|f| f.bytes).sum(),
+                chunk_bytes: crate::digest::CHUNK_BYTES,
                 files,
                 travel,
             };
-            manifest.write(&dir)?;
-            Ok(manifest)
+            // NB: `duration_ms` is taken once the checksums and fsyncs are done (inside
+            // `build`), so it covers everything but the manifest's own write.
+            Ok(seal::seal(&seal::Disk, &self.root, &dir, build)?)
         };
         let manifest = match write() {
             Ok(m) => m,
@@ -503,7 +507,7 @@ pub fn process_tree(root: i32) -> Vec<i32> {
 }
 
 /// Sends `signal` to every process of the tree rooted at `root`.
-fn signal_tree(root: i32, signal: Signal) {
+pub(crate) fn signal_tree(root: i32, signal: Signal) {
     for pid in process_tree(root) {
         let _ = kill(Pid::from_raw(pid), signal);
     }

@@ -20,17 +20,21 @@
 //!
 //! - [`criu`]: finding CRIU 4.x, probing kernel features, running it with a time limit.
 //! - [`layout`]: `<root>/<namespace>/<job>/<seq>/`, 0700/0600, atomic writes.
-//! - [`manifest`]: `manifest.json` (job, seq, strategy, CRIU version, kernel, sizes, SHA-256 per
-//!   file, timings, the shim state that travels) and its verification.
+//! - [`manifest`]: `manifest.json` (job, seq, strategy, CRIU version, kernel, sizes, BLAKE3 per
+//!   16 MiB chunk of every file, timings, the shim state that travels) and its verification.
+//! - [`digest`]: the chunked BLAKE3 checksums, computed on every core.
+//! - [`seal`]: checksums and fsync of every image file and directory, then the manifest.
 //! - [`stats`]: CRIU's `stats-dump` image, parsed by hand for freeze times.
 //! - [`checkpoint`] and [`restore`]: the strategies (StopAndCopy, LazyRestore, PostCopy,
 //!   PreCopy with fallback).
 
 pub mod checkpoint;
 pub mod criu;
+pub mod digest;
 pub mod layout;
 pub mod manifest;
 pub mod restore;
+pub mod seal;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +46,9 @@ pub use layout::{LayoutError, image_path};
 pub use manifest::{
     JobId, MANIFEST_FILE, Manifest, ManifestError, QueuedSignal, StdioPipe, Strategy, TravelState,
 };
-pub use restore::{InheritFd, LazyPagesDaemon, RestoreResult, RestoreSpec, VerifiedCheckpoint};
+pub use restore::{
+    InheritFd, LazyPagesDaemon, PageCheck, RestoreResult, RestoreSpec, VerifiedCheckpoint,
+};
 pub use stats::{DumpStats, StatsError};
 
 /// Default checkpoint volume mount (same as `lodger_api::CHECKPOINT_MOUNT_PATH`).

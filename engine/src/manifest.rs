@@ -3,20 +3,25 @@
 //!
 //! A directory without a manifest is an unfinished dump. A manifest whose job, format, CRIU
 //! major version or file checksums do not match is refused; verification only reads.
+//!
+//! Format 2 stores a BLAKE3 digest per [`crate::digest::CHUNK_BYTES`] chunk of every file
+//! (format 1 had one SHA-256 per file and is refused with a clear error). Verification comes in
+//! two parts so a restore can overlap the slow one with CRIU: [`Manifest::verify_metadata`]
+//! (identity, versions, every file's size, the checksums of everything but `pages-*.img`) and
+//! [`Manifest::verify_pages`] (the page images' checksums).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::digest::{self, CHUNK_BYTES, CheckError};
 use crate::layout::{self, LayoutError};
 
 /// Name of the manifest inside an image directory (same as `lodger_api::MANIFEST_FILE`).
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Version of the manifest format; a restore refuses any other.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Checkpoint strategy, spelled as in the Kubernetes API.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,7 +99,7 @@ pub struct TravelState {
     pub stdio: Vec<StdioPipe>,
 }
 
-/// One image file with its size and checksum.
+/// One image file with its size and checksums.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageFile {
@@ -102,8 +107,23 @@ pub struct ImageFile {
     pub name: PathBuf,
     /// Size in bytes.
     pub bytes: u64,
-    /// Lower-case hex SHA-256 of the content.
-    pub sha256: String,
+    /// Lower-case hex BLAKE3 of each [`Manifest::chunk_bytes`] chunk, in order (none if empty).
+    pub blake3_chunks: Vec<String>,
+}
+
+impl ImageFile {
+    /// Whether this is a memory image (`pages-*.img`, also in PreCopy's `pre/N/`): the bulk of
+    /// a checkpoint, whose checksums a restore may check while CRIU runs.
+    pub fn is_pages(&self) -> bool {
+        is_pages_image(&self.name)
+    }
+}
+
+/// Whether `name` is a memory image (`pages-*.img`).
+pub fn is_pages_image(name: &Path) -> bool {
+    name.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("pages-") && n.ends_with(".img"))
 }
 
 /// Timing and size figures from CRIU's `stats-dump` and our own clocks.
@@ -156,6 +176,8 @@ pub struct Manifest {
     pub figures: DumpFigures,
     /// Sum of all image file sizes.
     pub image_bytes: u64,
+    /// Bytes per checksummed chunk of [`ImageFile::blake3_chunks`].
+    pub chunk_bytes: u64,
     /// Every image file with its checksum.
     pub files: Vec<ImageFile>,
     /// Shim state that travels with the job.
@@ -181,7 +203,11 @@ pub enum ManifestError {
         source: serde_json::Error,
     },
     /// Written by an incompatible Lodger.
-    #[error("failed to use manifest format {found}: this shim reads format {FORMAT_VERSION}")]
+    #[error(
+        "failed to use manifest format {found}: this shim reads format {FORMAT_VERSION} only \
+         (format 1, SHA-256 per file, was written by Lodger before chunked BLAKE3 checksums; \
+         take a new checkpoint with a current shim)"
+    )]
     Format {
         /// Format found.
         found: u32,
@@ -213,10 +239,12 @@ pub enum ManifestError {
         reason: String,
     },
     /// An image file's checksum differs.
-    #[error("failed to verify image file {}: SHA-256 {found} differs from the manifest's {expected} (the checkpoint is corrupt)", name.display())]
+    #[error("failed to verify image file {}: BLAKE3 of chunk {chunk} is {found}, the manifest says {expected} (the checkpoint is corrupt)", name.display())]
     Checksum {
         /// File name.
         name: PathBuf,
+        /// Index of the chunk that differs.
+        chunk: usize,
         /// Checksum in the manifest.
         expected: String,
         /// Checksum of the file.
@@ -241,41 +269,6 @@ impl ManifestError {
     }
 }
 
-/// Size and SHA-256 of a file, streamed.
-pub fn hash_file(path: &Path) -> Result<(u64, String), LayoutError> {
-    let mut file = std::fs::File::open(path).map_err(|e| LayoutError::io("open", path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| LayoutError::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, hex::encode(hasher.finalize())))
-}
-
-/// Lists and checksums every image file in `dir` (everything but the manifest).
-pub fn describe_files(dir: &Path) -> Result<Vec<ImageFile>, LayoutError> {
-    let skip = [MANIFEST_FILE, ".manifest.json.tmp"];
-    layout::list_files(dir, &skip)?
-        .into_iter()
-        .map(|name| {
-            let (bytes, sha256) = hash_file(&dir.join(&name))?;
-            Ok(ImageFile {
-                name,
-                bytes,
-                sha256,
-            })
-        })
-        .collect()
-}
-
 impl Manifest {
     /// Writes the manifest into `dir`, atomically.
     pub fn write(&self, dir: &Path) -> Result<(), LayoutError> {
@@ -285,7 +278,7 @@ impl Manifest {
         layout::write_atomically(dir, MANIFEST_FILE, &bytes)
     }
 
-    /// Reads the manifest of `dir` without checking anything but its syntax.
+    /// Reads the manifest of `dir`, checking its syntax and format version.
     pub fn read(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = match std::fs::read(&path) {
@@ -295,19 +288,35 @@ impl Manifest {
             }
             Err(e) => return Err(LayoutError::io("read", &path, e).into()),
         };
+        // The version first, so an older format is named as such rather than as a parse error.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Version {
+            format_version: u32,
+        }
+        let version: Version =
+            serde_json::from_slice(&bytes).map_err(|source| ManifestError::Unreadable {
+                path: path.clone(),
+                source,
+            })?;
+        if version.format_version != FORMAT_VERSION {
+            return Err(ManifestError::Format {
+                found: version.format_version,
+            });
+        }
         serde_json::from_slice(&bytes).map_err(|source| ManifestError::Unreadable { path, source })
     }
 
-    /// Reads and fully verifies the manifest of `dir` for a restore by `job` with a CRIU of
-    /// version `criu_version`: format, job identity, CRIU major version, every file's size and
-    /// checksum. Only reads.
-    pub fn verify(dir: &Path, job: &JobId, criu_version: &str) -> Result<Self, ManifestError> {
+    /// Reads and verifies everything of `dir` but the page images' checksums, for a restore by
+    /// `job` with a CRIU of version `criu_version`: format, job identity, CRIU major version,
+    /// every file's presence and size, the checksums of every file but `pages-*.img`. Returns
+    /// the manifest; [`Manifest::verify_pages`] checks the rest. Only reads.
+    pub fn verify_metadata(
+        dir: &Path,
+        job: &JobId,
+        criu_version: &str,
+    ) -> Result<Self, ManifestError> {
         let manifest = Self::read(dir)?;
-        if manifest.format_version != FORMAT_VERSION {
-            return Err(ManifestError::Format {
-                found: manifest.format_version,
-            });
-        }
         if &manifest.job != job {
             return Err(ManifestError::OtherJob {
                 found: manifest.job.to_string(),
@@ -319,6 +328,15 @@ impl Manifest {
             return Err(ManifestError::CriuVersion {
                 found: manifest.criu_version.clone(),
                 local: criu_version.to_owned(),
+            });
+        }
+        if manifest.chunk_bytes != CHUNK_BYTES {
+            return Err(ManifestError::Partial {
+                name: PathBuf::from(MANIFEST_FILE),
+                reason: format!(
+                    "checksum chunks of {} bytes, this shim uses {CHUNK_BYTES}",
+                    manifest.chunk_bytes
+                ),
             });
         }
         for file in &manifest.files {
@@ -333,16 +351,44 @@ impl Manifest {
                     reason: format!("{} bytes, manifest says {}", meta.len(), file.bytes),
                 });
             }
-            let (_, sha256) = hash_file(&path)?;
-            if sha256 != file.sha256 {
-                return Err(ManifestError::Checksum {
-                    name: file.name.clone(),
-                    expected: file.sha256.clone(),
-                    found: sha256,
-                });
-            }
         }
+        manifest.check(dir, |f| !f.is_pages())?;
         Ok(manifest)
+    }
+
+    /// Checks the checksums of the page images (`pages-*.img`). Only reads.
+    pub fn verify_pages(&self, dir: &Path) -> Result<(), ManifestError> {
+        self.check(dir, ImageFile::is_pages)
+    }
+
+    /// Reads and fully verifies the manifest of `dir`: [`Manifest::verify_metadata`] and
+    /// [`Manifest::verify_pages`]. Only reads.
+    pub fn verify(dir: &Path, job: &JobId, criu_version: &str) -> Result<Self, ManifestError> {
+        let manifest = Self::verify_metadata(dir, job, criu_version)?;
+        manifest.verify_pages(dir)?;
+        Ok(manifest)
+    }
+
+    /// Checks the files chosen by `which` against their chunk digests, in parallel.
+    fn check(&self, dir: &Path, which: impl Fn(&ImageFile) -> bool) -> Result<(), ManifestError> {
+        let chosen: Vec<&ImageFile> = self.files.iter().filter(|f| which(f)).collect();
+        let list: Vec<(PathBuf, u64, &[String])> = chosen
+            .iter()
+            .map(|f| (dir.join(&f.name), f.bytes, f.blake3_chunks.as_slice()))
+            .collect();
+        digest::check_files(&list).map_err(|e| match e {
+            CheckError::Mismatch(m) => ManifestError::Checksum {
+                name: chosen[m.file].name.clone(),
+                chunk: m.chunk,
+                expected: m.expected,
+                found: m.found,
+            },
+            CheckError::Io(LayoutError::Io { path, source, .. }) => ManifestError::Partial {
+                name: path.strip_prefix(dir).unwrap_or(&path).to_path_buf(),
+                reason: source.to_string(),
+            },
+            CheckError::Io(other) => other.into(),
+        })
     }
 }
 
@@ -361,7 +407,7 @@ mod tests {
     fn sample(dir: &Path) -> Manifest {
         std::fs::write(dir.join("pages-1.img"), vec![7u8; 10_000]).unwrap();
         std::fs::write(dir.join("core-1.img"), b"core").unwrap();
-        let files = describe_files(dir).unwrap();
+        let files = crate::seal::describe_files(dir).unwrap();
         Manifest {
             format_version: FORMAT_VERSION,
             job: job(),
@@ -377,6 +423,7 @@ mod tests {
             page_server: None,
             figures: DumpFigures::default(),
             image_bytes: files.iter().map(|f| f.bytes).sum(),
+            chunk_bytes: CHUNK_BYTES,
             files,
             travel: TravelState {
                 last_signal_seq: 4,
@@ -433,13 +480,34 @@ mod tests {
         std::fs::write(dir.join("pages-1.img"), &pages).unwrap();
         let err = Manifest::verify(dir, &job(), "4.1.1").unwrap_err();
         assert_eq!(err.category(), "ImageCorrupt");
-        assert!(err.to_string().contains("SHA-256"), "{err}");
+        assert!(err.to_string().contains("BLAKE3"), "{err}");
+        // The metadata part alone does not read page images: it passes, the pages part fails.
+        let meta = Manifest::verify_metadata(dir, &job(), "4.1.1").unwrap();
+        assert_eq!(
+            meta.verify_pages(dir).unwrap_err().category(),
+            "ImageCorrupt"
+        );
+        // A flipped byte in a metadata image is caught by the metadata part itself.
+        std::fs::write(dir.join("pages-1.img"), vec![7u8; 10_000]).unwrap();
+        std::fs::write(dir.join("core-1.img"), b"cord").unwrap();
+        let err = Manifest::verify_metadata(dir, &job(), "4.1.1").unwrap_err();
+        assert!(err.to_string().contains("core-1.img"), "{err}");
 
         std::fs::remove_file(dir.join("core-1.img")).unwrap();
         let err = Manifest::verify(dir, &job(), "4.1.1").unwrap_err();
         assert!(err.to_string().contains("partial"), "{err}");
 
-        std::fs::write(dir.join(MANIFEST_FILE), b"{\"formatVersion\":1").unwrap();
+        // A format-1 manifest (SHA-256 per file) is named as an older format, not garbage.
+        std::fs::write(
+            dir.join(MANIFEST_FILE),
+            b"{\"formatVersion\":1,\"files\":[]}",
+        )
+        .unwrap();
+        let err = Manifest::verify(dir, &job(), "4.1.1").unwrap_err();
+        assert_eq!(err.category(), "ManifestInvalid");
+        assert!(err.to_string().contains("format 1"), "{err}");
+
+        std::fs::write(dir.join(MANIFEST_FILE), b"{\"formatVersion\":2").unwrap();
         assert_eq!(
             Manifest::verify(dir, &job(), "4.1.1")
                 .unwrap_err()

@@ -10,6 +10,20 @@
 //! shim sets `PR_SET_CHILD_SUBREAPER`), so the caller can `waitpid` it. Verification only reads;
 //! CRIU's logs and sockets go to a private work directory, so the image directory is never
 //! changed by a restore.
+//!
+//! Verification overlaps the restore when the checkpoint came from [`Engine::verify_metadata`]
+//! (manifest, identity, versions, sizes and the small metadata images checked; page images not
+//! yet hashed):
+//!
+//! - Eager images (StopAndCopy, PreCopy, LazyRestore without userfaultfd): `criu restore
+//!   --leave-stopped` runs while the page images are hashed on other threads. The restored tree
+//!   stays stopped (state `T`) until both are done; it gets SIGCONT only if every digest
+//!   matched, else it is SIGKILLed and the restore fails with the same "corrupt" error as a full
+//!   verification. The job never runs on unverified pages.
+//! - LazyRestore and PostCopy: their point is to run before the memory is back, so the pages
+//!   are checked by size only before the job resumes, and hashed in the background afterwards
+//!   ([`RestoreResult::page_check`]); a mismatch is reported then, when the job may already
+//!   have run on those pages.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,9 +31,13 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::{Ready, raise_pipe_max_size, status_pipe, wait_ready};
+use std::thread::JoinHandle;
+
+use nix::sys::signal::Signal;
+
+use crate::checkpoint::{Ready, raise_pipe_max_size, signal_tree, status_pipe, wait_ready};
 use crate::criu::{self, CriuError};
-use crate::manifest::{JobId, Manifest, Strategy};
+use crate::manifest::{JobId, Manifest, ManifestError, Strategy};
 use crate::{Engine, EngineError, layout, unix_ms};
 
 /// A checkpoint whose manifest was verified (job, format, CRIU version, every checksum).
@@ -31,6 +49,9 @@ pub struct VerifiedCheckpoint {
     pub path: PathBuf,
     /// The verified manifest.
     pub manifest: Manifest,
+    /// Whether the page images' checksums were checked too ([`Engine::verify`]); if not
+    /// ([`Engine::verify_metadata`]), [`Engine::restore`] checks them while CRIU runs.
+    pub pages_verified: bool,
 }
 
 /// A file descriptor of the caller that CRIU should use in place of a dumped resource.
@@ -55,6 +76,9 @@ pub struct RestoreSpec {
     pub timeout: Option<Duration>,
     /// Extra CRIU restore options.
     pub extra_args: Vec<String>,
+    /// Test hook: how long the page check waits before it starts hashing (`None` in
+    /// production), so a test can observe the restored tree held stopped meanwhile.
+    pub page_check_delay: Option<Duration>,
 }
 
 impl RestoreSpec {
@@ -66,6 +90,7 @@ impl RestoreSpec {
             page_server: None,
             timeout: None,
             extra_args: Vec::new(),
+            page_check_delay: None,
         }
     }
 }
@@ -86,6 +111,9 @@ pub struct RestoreResult {
     pub downtime_ms: Option<u64>,
     /// Lazy strategies: the daemon still paging memory in.
     pub lazy_pages: Option<LazyPagesDaemon>,
+    /// Lazy strategies restored from [`Engine::verify_metadata`]: the page images' checksums,
+    /// still being computed while the job runs. Wait for it and report a mismatch loudly.
+    pub page_check: Option<PageCheck>,
     /// Notes for people (fallbacks, sysctls).
     pub notes: Vec<String>,
 }
@@ -117,8 +145,42 @@ impl LazyPagesDaemon {
     }
 }
 
+/// The page images' checksums, computed on a background thread.
+#[derive(Debug)]
+pub struct PageCheck {
+    handle: JoinHandle<Result<(), ManifestError>>,
+}
+
+impl PageCheck {
+    fn spawn(manifest: Manifest, dir: PathBuf, delay: Option<Duration>) -> Self {
+        let handle = std::thread::spawn(move || {
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
+            manifest.verify_pages(&dir)
+        });
+        Self { handle }
+    }
+
+    /// Whether the check has finished ([`PageCheck::wait`] then returns at once).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Waits for the check: `Ok` if every page image matched its checksums.
+    pub fn wait(self) -> Result<(), ManifestError> {
+        self.handle.join().unwrap_or_else(|_| {
+            Err(ManifestError::Partial {
+                name: PathBuf::from("pages-*.img"),
+                reason: "the page check thread panicked".into(),
+            })
+        })
+    }
+}
+
 impl Engine {
-    /// Verifies the checkpoint at `path` (relative to the volume root) for `job`. Only reads.
+    /// Fully verifies the checkpoint at `path` (relative to the volume root) for `job`, every
+    /// page image's checksums included. Only reads.
     pub fn verify(&self, path: &Path, job: &JobId) -> Result<VerifiedCheckpoint, EngineError> {
         let dir = layout::resolve(&self.root, path)?;
         let manifest = Manifest::verify(&dir, job, self.criu.version())?;
@@ -126,6 +188,26 @@ impl Engine {
             dir,
             path: path.to_path_buf(),
             manifest,
+            pages_verified: true,
+        })
+    }
+
+    /// Verifies everything of the checkpoint at `path` but the page images' checksums
+    /// (manifest, job, CRIU version, every file's size, the metadata images' checksums);
+    /// [`Engine::restore`] then checks the pages while CRIU restores (see the module docs).
+    /// Only reads.
+    pub fn verify_metadata(
+        &self,
+        path: &Path,
+        job: &JobId,
+    ) -> Result<VerifiedCheckpoint, EngineError> {
+        let dir = layout::resolve(&self.root, path)?;
+        let manifest = Manifest::verify_metadata(&dir, job, self.criu.version())?;
+        Ok(VerifiedCheckpoint {
+            dir,
+            path: path.to_path_buf(),
+            manifest,
+            pages_verified: false,
         })
     }
 
@@ -205,25 +287,53 @@ impl Engine {
         if lazy {
             args.push("--lazy-pages".into());
         }
+        // Eager images not hashed yet: hash the pages while CRIU restores, the tree held stopped.
+        let hold_stopped = !ckpt.pages_verified && !lazy;
+        if hold_stopped {
+            args.push("--leave-stopped".into());
+        }
         args.extend(spec.extra_args.iter().map(OsString::from));
+        let check = hold_stopped
+            .then(|| PageCheck::spawn(manifest.clone(), ckpt.dir.clone(), spec.page_check_delay));
         let log = spec.work_dir.join("restore.log");
         let timeout = spec.timeout.map(|t| t.saturating_sub(started.elapsed()));
-        if let Err(e) = self.criu.run("restore the job", args, &log, timeout) {
-            if let Some(d) = daemon {
-                d.abort();
+        let ran = self.criu.run("restore the job", args, &log, timeout);
+        let pid = ran.map_err(EngineError::from).and_then(|()| {
+            std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .ok_or_else(|| {
+                    EngineError::io(
+                        format!("read CRIU's pid file {}", pidfile.display()),
+                        std::io::Error::other("missing or not a number"),
+                    )
+                })
+        });
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(d) = daemon {
+                    d.abort();
+                }
+                if let Some(c) = check {
+                    let _ = c.wait();
+                }
+                return Err(e);
             }
-            return Err(e.into());
+        };
+        if let Some(check) = check {
+            if let Err(e) = check.wait() {
+                // NB: the tree never ran: CRIU left it stopped. Kill it (PID 1 of its namespace
+                // first, the kernel takes the rest).
+                signal_tree(pid, Signal::SIGKILL);
+                tracing::error!(pid, dir = %ckpt.dir.display(), "refused to resume the restored job: {e}");
+                return Err(e.into());
+            }
+            signal_tree(pid, Signal::SIGCONT);
         }
         let resumed_at_unix_ms = unix_ms();
-        let pid = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            .ok_or_else(|| {
-                EngineError::io(
-                    format!("read CRIU's pid file {}", pidfile.display()),
-                    std::io::Error::other("missing or not a number"),
-                )
-            })?;
+        let page_check = (lazy && !ckpt.pages_verified)
+            .then(|| PageCheck::spawn(manifest.clone(), ckpt.dir.clone(), spec.page_check_delay));
         let restore_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(pid, restore_ms, dir = %ckpt.dir.display(), "job restored");
         Ok(RestoreResult {
@@ -235,6 +345,7 @@ impl Engine {
                 .stopped_at_unix_ms
                 .map(|stopped| resumed_at_unix_ms.saturating_sub(stopped)),
             lazy_pages: daemon,
+            page_check,
             notes,
         })
     }

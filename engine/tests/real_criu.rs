@@ -202,3 +202,178 @@ fn leave_running_checkpoint_keeps_counting() {
     let err = engine.verify(&done.path, &other).unwrap_err();
     assert_eq!(err.category(), "ManifestOtherJob");
 }
+
+/// The state letter of /proc/<pid>/stat (`R`, `S`, `T`, `Z`, ...), None once the pid is gone.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // NB: the command name (field 2) may contain spaces; the state follows its closing paren.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The largest `pages-*.img` of an image directory.
+fn largest_pages(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pages-")
+        })
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
+/// Every file below `dir` with its bytes, to prove a refused restore changed nothing.
+fn fingerprint(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// StopAndCopy restore with page checks overlapped: one flipped bit in a page image is refused
+/// with the "corrupt" error before the restored job runs a single step (its counter never
+/// moves), the stopped tree is killed and the volume is left byte for byte as it was. If this
+/// fails, a job can resume on corrupt memory.
+#[test]
+fn corrupt_pages_are_refused_before_the_job_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("count");
+    let engine = Engine::new(Path::new(DEFAULT_CRIU_PATH), &tmp.path().join("volume")).unwrap();
+    let mut counter = Counter::start(&file);
+    wait_count(&file, 3);
+    let spec = CheckpointSpec::new(
+        counter.root,
+        job(),
+        1,
+        Strategy::StopAndCopy,
+        tmp.path().join("work-dump"),
+    );
+    let done = engine.checkpoint(&spec, &mut TravelState::default).unwrap();
+    counter.unshare.wait().unwrap();
+    let at_dump = count(&file);
+    let pages = largest_pages(&done.dir);
+    let mut bytes = std::fs::read(&pages).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&pages, bytes).unwrap();
+    let before = fingerprint(&tmp.path().join("volume"));
+
+    // The metadata part passes: only the page check can catch this.
+    let verified = engine.verify_metadata(&done.path, &job()).unwrap();
+    assert!(!verified.pages_verified);
+    let work = tmp.path().join("work-restore");
+    let mut restore_spec = RestoreSpec::new(&work);
+    // A job resumed too early would tick several times during this.
+    restore_spec.page_check_delay = Some(Duration::from_millis(500));
+    let err = engine.restore(&verified, &restore_spec).unwrap_err();
+    assert_eq!(err.category(), "ImageCorrupt", "{err}");
+    assert!(
+        err.to_string().contains("the checkpoint is corrupt"),
+        "{err}"
+    );
+    // CRIU did restore the tree (stopped); it must be dead now, not running.
+    let pid: i32 = std::fs::read_to_string(work.join("restore.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _guard = Restored(pid);
+    let deadline = Instant::now() + PATIENCE;
+    while !matches!(proc_state(pid), None | Some('Z')) {
+        assert!(
+            Instant::now() < deadline,
+            "refused tree still alive: {:?}",
+            proc_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(&file), at_dump, "the refused job ran");
+    assert_eq!(
+        fingerprint(&tmp.path().join("volume")),
+        before,
+        "the volume changed"
+    );
+}
+
+/// While the page images are still being checked, the restored tree exists but is stopped
+/// (state `T`) and does not count; it resumes only once the check passed. If this fails, the
+/// job may run on pages nobody verified.
+#[test]
+fn restored_tree_stays_stopped_until_pages_are_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("count");
+    let engine = Engine::new(Path::new(DEFAULT_CRIU_PATH), &tmp.path().join("volume")).unwrap();
+    let mut counter = Counter::start(&file);
+    wait_count(&file, 3);
+    let spec = CheckpointSpec::new(
+        counter.root,
+        job(),
+        1,
+        Strategy::StopAndCopy,
+        tmp.path().join("work-dump"),
+    );
+    let done = engine.checkpoint(&spec, &mut TravelState::default).unwrap();
+    counter.unshare.wait().unwrap();
+    let at_dump = count(&file);
+    let verified = engine.verify_metadata(&done.path, &job()).unwrap();
+    let work = tmp.path().join("work-restore");
+    let mut restore_spec = RestoreSpec::new(&work);
+    // Long enough to look at the tree; the assertions below do not depend on the exact value.
+    restore_spec.page_check_delay = Some(Duration::from_secs(3));
+    std::thread::scope(|scope| {
+        let restoring = scope.spawn(|| engine.restore(&verified, &restore_spec));
+        let deadline = Instant::now() + PATIENCE;
+        let pid = loop {
+            let pid = std::fs::read_to_string(work.join("restore.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if let Some(pid) = pid
+                && proc_state(pid) == Some('T')
+            {
+                break pid;
+            }
+            assert!(
+                !restoring.is_finished(),
+                "restore returned before the tree was seen"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "restored tree never seen stopped"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _guard = Restored(pid);
+        for _ in 0..20 {
+            for task in lodger_engine::checkpoint::process_tree(pid) {
+                assert_eq!(proc_state(task), Some('T'), "task {task} runs unverified");
+            }
+            assert_eq!(
+                count(&file),
+                at_dump,
+                "the job ran before its pages were verified"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !restoring.is_finished(),
+            "the observation must fall inside the page check"
+        );
+        let restored = restoring.join().unwrap().unwrap();
+        assert_eq!(restored.pid, pid);
+        assert!(restored.page_check.is_none());
+        wait_count(&file, at_dump + 3);
+    });
+}

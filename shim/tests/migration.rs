@@ -408,7 +408,7 @@ fn bad_checkpoints_are_refused_and_left_untouched() {
     std::fs::remove_file(missing.join("manifest.json")).unwrap();
 
     let cases = [
-        ("lab/render/2", "uid-1", "SHA-256"),
+        ("lab/render/2", "uid-1", "the checkpoint is corrupt"),
         ("lab/render/3", "uid-1", "manifest.json"),
         ("lab/render/1", "uid-other", "belongs to job"),
         ("lab/render/../../etc", "uid-1", "`..`"),

@@ -164,6 +164,9 @@ pub async fn idle_loop(
     );
     let mut last_reported: Option<NodeState> = None;
     let mut last_write = Duration::ZERO;
+    // After a failed write (API server down, a policy refusing it): wait before the next try,
+    // doubling up to a minute, so a broken write does not become a request every sample.
+    let (mut retry_at, mut backoff) = (Duration::ZERO, settings.poll);
     let mut ticker = tokio::time::interval(settings.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -279,7 +282,7 @@ pub async fn idle_loop(
             continue;
         }
         let changed = last_reported.is_none_or(|prev| prev.is_idle() != state.is_idle());
-        if !changed && now.saturating_sub(last_write) < settings.resync {
+        if (!changed && now.saturating_sub(last_write) < settings.resync) || now < retry_at {
             continue;
         }
         let idle_since = match state {
@@ -300,6 +303,7 @@ pub async fn idle_loop(
             Sink::Node(reporter) => match reporter.report(&report).await {
                 Ok(outcome) => {
                     report_note.ok();
+                    backoff = settings.poll;
                     tracing::debug!(?outcome, "reported");
                     last_reported = Some(state);
                     last_write = now;
@@ -307,6 +311,8 @@ pub async fn idle_loop(
                 Err(e) => {
                     metrics.error(e.category());
                     report_note.failed("failed to report the node state; retrying", &e);
+                    retry_at = now + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             },
             Sink::Stdout { node_name } => {

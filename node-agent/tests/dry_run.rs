@@ -15,6 +15,7 @@ use serde_json::Value;
 struct Agent {
     child: Child,
     lines: mpsc::Receiver<Value>,
+    log: std::path::PathBuf,
 }
 
 impl Drop for Agent {
@@ -38,9 +39,9 @@ impl Agent {
             .arg(format!("--dev-dir={}", root.join("dev").display()))
             .arg(format!("--proc-root={}", root.join("proc").display()))
             .arg(format!("--cgroup-root={}", root.join("cgroup").display()))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
             .spawn()
             .expect("agent starts");
         let stdout = child.stdout.take().unwrap();
@@ -54,14 +55,23 @@ impl Agent {
                 }
             }
         });
-        Self { child, lines: rx }
+        Self {
+            child,
+            lines: rx,
+            log: root.join("agent.log"),
+        }
     }
 
     /// The next decision, within 10 s.
     fn next_state(&self) -> Value {
         self.lines
             .recv_timeout(Duration::from_secs(10))
-            .expect("the agent reported a state within 10 s")
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the agent reported no new state within 10 s; its log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            })
     }
 }
 

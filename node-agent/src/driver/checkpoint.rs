@@ -509,11 +509,13 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::Arc;
 
-    use lodger_shim::control::{ControlError, ShimStatus};
+    use lodger_shim::control::ControlError;
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::testing::{ApiServerVerifier, FakeShim, context, timeout_after, timeout_after_1s};
+    use crate::testing::{
+        ApiServerVerifier, FakeShim, context, shim_status, timeout_after, timeout_after_1s,
+    };
 
     const STATUS_URI: &str = "/apis/lodger.dev/v1alpha1/namespaces/lab/checkpoints/sim-ckpt-3/status?&force=true&fieldManager=lodger-node-agent";
     const POD_URI: &str = "/api/v1/namespaces/lab/pods/sim-2";
@@ -539,6 +541,12 @@ mod tests {
         .unwrap()
     }
 
+    /// A shim's checkpoint outcome, from its wire form (keeps compiling when the shim adds
+    /// optional fields).
+    fn outcome(wire: Value) -> CheckpointOutcome {
+        serde_json::from_value(wire).expect("an outcome in the protocol's wire form")
+    }
+
     fn pod(node: &str) -> Value {
         json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -562,16 +570,11 @@ mod tests {
     async fn checkpoint_request_flows_to_the_shim_and_status_flows_back() {
         let kubelet = tempfile::tempdir().unwrap();
         let shim = FakeShim::start(kubelet.path(), "pod-uid-1", |req| match &req.op {
-            Op::Checkpoint(c) => Some(Reply::Checkpointed(CheckpointOutcome {
-                path: c.path.clone(),
-                strategy: Strategy::StopAndCopy,
-                fallback_reason: None,
-                image_bytes: 4_194_304,
-                freeze_ms: 180,
-                duration_ms: 420,
-                stopped_at_unix_ms: Some(1_795_000_000_000),
-                page_server: None,
-            })),
+            Op::Checkpoint(c) => Some(Reply::Checkpointed(outcome(json!({
+                "path": c.path, "strategy": "StopAndCopy", "fallbackReason": null,
+                "imageBytes": 4_194_304, "freezeMs": 180, "durationMs": 420,
+                "stoppedAtUnixMs": 1_795_000_000_000u64, "pageServer": null
+            })))),
             _ => None,
         });
         let (client, verifier) = ApiServerVerifier::new();
@@ -647,13 +650,7 @@ mod tests {
         let kubelet = tempfile::tempdir().unwrap();
         let shim = FakeShim::start(kubelet.path(), "pod-uid-1", |req| match &req.op {
             Op::Checkpoint(_) => None,
-            Op::Status => Some(Reply::Status(ShimStatus {
-                job: JobState::Running,
-                init_pid: Some(1),
-                last_signal_seq: 0,
-                restored_from: None,
-                criu_version: None,
-            })),
+            Op::Status => Some(Reply::Status(shim_status(JobState::Running, 0))),
             Op::Signal { .. } => None,
         });
         let (client, verifier) = ApiServerVerifier::new();
@@ -754,16 +751,11 @@ mod tests {
     /// vs requested) or the stop time used to compute downtime.
     #[test]
     fn completed_status_is_pure_and_names_fallbacks() {
-        let outcome = CheckpointOutcome {
-            path: "lab/sim/3".into(),
-            strategy: Strategy::StopAndCopy,
-            fallback_reason: Some("no soft-dirty tracking".into()),
-            image_bytes: 10,
-            freeze_ms: 1,
-            duration_ms: 2,
-            stopped_at_unix_ms: None,
-            page_server: None,
-        };
+        let outcome = outcome(json!({
+            "path": "lab/sim/3", "strategy": "StopAndCopy",
+            "fallbackReason": "no soft-dirty tracking", "imageBytes": 10, "freezeMs": 1,
+            "durationMs": 2, "stoppedAtUnixMs": null, "pageServer": null
+        }));
         let t: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
         let s = completed_status(&outcome, t, t, "desk-7");
         assert_eq!(s.strategy, Some(MigrationStrategy::StopAndCopy));

@@ -395,11 +395,11 @@ pub async fn run(ctx: Arc<Context>, uids: WorkloadUids) {
 
 #[cfg(test)]
 mod tests {
-    use lodger_shim::control::{ControlError, ShimStatus, SignalOutcome};
+    use lodger_shim::control::{ControlError, SignalOutcome};
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::testing::{ApiServerVerifier, FakeShim, context, timeout_after_1s};
+    use crate::testing::{ApiServerVerifier, FakeShim, context, shim_status, timeout_after_1s};
 
     fn pod(name: &str, uid: &str, node: &str, job: &str, generation: i64, phase: &str) -> Arc<Pod> {
         Arc::new(
@@ -505,13 +505,7 @@ mod tests {
                 kind: ErrorKind::NotRunning,
                 message: "the job has exited".into(),
             })),
-            Op::Status => Some(Reply::Status(ShimStatus {
-                job: JobState::Exited { code: 3 },
-                init_pid: None,
-                last_signal_seq: 2,
-                restored_from: None,
-                criu_version: None,
-            })),
+            Op::Status => Some(Reply::Status(shim_status(JobState::Exited { code: 3 }, 2))),
             Op::Checkpoint(_) => None,
         });
         let (client, verifier) = ApiServerVerifier::new();
@@ -579,13 +573,7 @@ mod tests {
                 kind: ErrorKind::NotRunning,
                 message: "migrated".into(),
             })),
-            Op::Status => Some(Reply::Status(ShimStatus {
-                job: JobState::Migrated,
-                init_pid: None,
-                last_signal_seq: 0,
-                restored_from: None,
-                criu_version: None,
-            })),
+            Op::Status => Some(Reply::Status(shim_status(JobState::Migrated, 0))),
             Op::Checkpoint(_) => None,
         });
         let (client, verifier) = ApiServerVerifier::new();

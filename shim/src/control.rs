@@ -207,6 +207,27 @@ pub struct ShimStatus {
     pub restored_from: Option<PathBuf>,
     /// Version string of the CRIU the shim uses.
     pub criu_version: Option<String>,
+    /// After a LazyRestore/PostCopy restore: the background check of the page images'
+    /// checksums (the job runs before it finishes). Absent otherwise (eager restores check
+    /// every page before the job resumes) and from shims that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_check: Option<PageCheckState>,
+}
+
+/// Progress of the background page-image check after a lazy restore.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum PageCheckState {
+    /// Still hashing.
+    Pending,
+    /// Every page image matched the manifest.
+    Passed,
+    /// A page image differs from the manifest (or could not be read): the job has been
+    /// running on memory that may be corrupt.
+    Failed {
+        /// The verification error.
+        message: String,
+    },
 }
 
 /// A failure, for people and for programs.

@@ -110,6 +110,7 @@ pub fn run(args: Args) -> Result<i32, ShimError> {
                 last_signal_seq: 0,
                 pending_signals: Vec::new(),
                 lazy_pages: None,
+                page_check: None,
             };
             (supervised, engine.map_err(|e| e.to_string()))
         }
@@ -136,14 +137,16 @@ pub fn run(args: Args) -> Result<i32, ShimError> {
     Ok(supervisor::run(config, engine, supervised)?)
 }
 
-/// Verifies the checkpoint, hands CRIU fresh stdio pipes in place of the dumped ones, restores.
+/// Verifies the checkpoint's manifest and metadata images, hands CRIU fresh stdio pipes in place
+/// of the dumped ones, restores. The page images are checked while CRIU restores (eager images:
+/// the job resumes only if they match) or in the background (lazy images; see the engine docs).
 fn restore(
     engine: &Engine,
     path: &std::path::Path,
     job: &JobId,
     args: &Args,
 ) -> Result<supervisor::Supervised, EngineError> {
-    let verified = engine.verify(path, job)?;
+    let verified = engine.verify_metadata(path, job)?;
     let mut pipes = Vec::new();
     let mut spec = RestoreSpec::new(args.control_dir.join("criu").join(format!(
         "restore-{}-{}",
@@ -186,5 +189,6 @@ fn restore(
         last_signal_seq: restored.manifest.travel.last_signal_seq,
         pending_signals: restored.manifest.travel.queued_signals.clone(),
         lazy_pages: restored.lazy_pages,
+        page_check: restored.page_check,
     })
 }

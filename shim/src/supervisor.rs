@@ -23,8 +23,8 @@ use tokio::sync::watch;
 
 use crate::control::{
     CheckpointOutcome, CheckpointRequest, ControlError, ErrorKind, JobState, MAX_MESSAGE_BYTES, Op,
-    PROTOCOL_VERSION, Reply, Request, Response, SOCKET_NAME, ShimStatus, SignalDisposition,
-    SignalOutcome,
+    PROTOCOL_VERSION, PageCheckState, Reply, Request, Response, SOCKET_NAME, ShimStatus,
+    SignalDisposition, SignalOutcome,
 };
 use crate::convert;
 
@@ -51,6 +51,8 @@ struct State {
     queued: Vec<QueuedSignal>,
     /// The running checkpoint has taken its travel state; signals can no longer join it.
     sealed: bool,
+    /// Lazy restores: the background check of the page images.
+    page_check: Option<PageCheckState>,
 }
 
 /// A shim supervising one job.
@@ -81,6 +83,8 @@ pub struct Supervised {
     pub pending_signals: Vec<QueuedSignal>,
     /// Lazy restores: the daemon still paging memory in.
     pub lazy_pages: Option<lodger_engine::LazyPagesDaemon>,
+    /// Lazy restores: the page images' checksums, still being checked while the job runs.
+    pub page_check: Option<lodger_engine::PageCheck>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -109,6 +113,7 @@ impl Shim {
                 .as_ref()
                 .ok()
                 .map(|e| e.criu().version().to_owned()),
+            page_check: st.page_check.clone(),
         }
     }
 
@@ -460,6 +465,10 @@ pub fn run(
             last_signal_seq: supervised.last_signal_seq,
             queued: supervised.pending_signals,
             sealed: false,
+            page_check: supervised
+                .page_check
+                .as_ref()
+                .map(|_| PageCheckState::Pending),
         }),
         changed,
         background: Mutex::new(Vec::new()),
@@ -468,6 +477,30 @@ pub fn run(
         // Signals queued during the checkpoint restored from: delivered once, in seq order.
         let mut st = lock(&shim.state);
         shim.flush_queue(&mut st);
+    }
+    if let Some(check) = supervised.page_check {
+        let shim = Arc::clone(&shim);
+        std::thread::spawn(move || {
+            let outcome = match check.wait() {
+                Ok(()) => {
+                    tracing::info!("page images verified after the lazy restore");
+                    PageCheckState::Passed
+                }
+                Err(e) => {
+                    // NB: LazyRestore/PostCopy resume before the pages are hashed (their point);
+                    // the job may already have used a corrupt page. Say so as loudly as we can.
+                    tracing::error!(
+                        error = %e,
+                        "CORRUPT CHECKPOINT: a page image failed verification after the job \
+                         resumed (lazy restore); the job may be running on corrupt memory"
+                    );
+                    PageCheckState::Failed {
+                        message: e.to_string(),
+                    }
+                }
+            };
+            lock(&shim.state).page_check = Some(outcome);
+        });
     }
     if let Some(daemon) = supervised.lazy_pages {
         std::thread::spawn(move || {

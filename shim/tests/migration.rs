@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 use lodger_shim::control::{
-    CheckpointOutcome, ErrorKind, JobState, Reply, SignalDisposition, Strategy,
+    CheckpointOutcome, ErrorKind, JobState, Op, PageCheckState, Reply, SignalDisposition, Strategy,
 };
 
 const SIGUSR1: i32 = 10;
@@ -225,6 +225,26 @@ fn stop_and_copy_moves_a_256mib_job_intact() {
     assert_continuity(&before, &ticks(&out), &file);
 }
 
+/// The background page check a lazy restore reports in `status`, once it has finished.
+fn finished_page_check(node: &Node) -> PageCheckState {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match node.call(Op::Status) {
+            Reply::Status(status) => match status.page_check {
+                Some(PageCheckState::Pending) => {}
+                Some(done) => return done,
+                None => panic!("a lazy restore must report its page check: {status:?}"),
+            },
+            other => panic!("status: {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "page check never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn small_migration(strategy: Strategy) {
     let lab = Lab::new();
     let file = lab.path("work.txt");
@@ -254,6 +274,7 @@ fn small_migration(strategy: Strategy) {
     let before = ticks(&source.stdout.snapshot());
     let last = before.last().unwrap().n;
     wait_tick(&target, last + 5);
+    assert_eq!(finished_page_check(&target), PageCheckState::Passed);
     assert_eq!(
         disposition(target.signal(SIGUSR1, 1)),
         SignalDisposition::Delivered
@@ -284,6 +305,47 @@ fn lazy_restore_pages_in_from_the_volume() {
 #[test]
 fn post_copy_pages_in_from_the_source() {
     small_migration(Strategy::PostCopy);
+}
+
+/// LazyRestore resumes before its pages are hashed (its point); a page image corrupted on the
+/// volume must then be reported loudly: `status.pageCheck` failed and an error log line. If this
+/// fails, a job could run on corrupt memory with nobody told.
+#[test]
+fn lazy_restore_reports_a_corrupt_page_image() {
+    let lab = Lab::new();
+    let mut source = Node::start(
+        &lab,
+        NodeSpec::new(&lab, "a").testjob(&["--mem-mib", "32", "--interval-ms", "20"]),
+    );
+    wait_tick(&source, 3);
+    checkpointed(source.checkpoint("lab/render/8", 8, Strategy::LazyRestore, false));
+    assert_eq!(source.wait(), 0);
+    let dir = lab.staging().join("lab/render/8");
+    let pages = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pages-")
+        })
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pages).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&pages, bytes).unwrap();
+    let target = Node::start(&lab, NodeSpec::new(&lab, "b").restore("lab/render/8"));
+    match finished_page_check(&target) {
+        PageCheckState::Failed { message } => {
+            assert!(message.contains("the checkpoint is corrupt"), "{message}");
+        }
+        other => panic!("corrupt page image not reported: {other:?}"),
+    }
+    target.stderr.wait_for("corrupt checkpoint log", |l| {
+        l.contains("CORRUPT CHECKPOINT")
+    });
 }
 
 /// PreCopy falls back to StopAndCopy where the kernel lacks soft-dirty tracking and says why; a

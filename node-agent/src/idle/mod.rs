@@ -86,8 +86,8 @@ impl Clock {
 /// policy loop (reader). Lock-free: an evdev mouse produces hundreds of records a second.
 #[derive(Debug)]
 pub struct ActivityMark {
-    /// Milliseconds since the clock's epoch plus one; 0 means "never".
-    millis_plus_one: AtomicU64,
+    /// Microseconds since the clock's epoch, rounded up, plus one; 0 means "never".
+    micros_plus_one: AtomicU64,
     /// Wakes the policy loop at once when a source sees the owner after a quiet spell.
     wake: Arc<Notify>,
 }
@@ -96,7 +96,7 @@ impl ActivityMark {
     /// A mark that has seen nothing yet and wakes `wake` on news.
     pub fn new(wake: Arc<Notify>) -> Self {
         Self {
-            millis_plus_one: AtomicU64::new(0),
+            micros_plus_one: AtomicU64::new(0),
             wake,
         }
     }
@@ -105,18 +105,21 @@ impl ActivityMark {
     /// loop when the previous mark is older than a second (so a stream of mouse motion does not
     /// wake it hundreds of times a second).
     pub fn record(&self, at: Duration) {
-        let new = u64::try_from(at.as_millis()).unwrap_or(u64::MAX - 1) + 1;
-        let old = self.millis_plus_one.fetch_max(new, Ordering::Relaxed);
-        if new > old && new - old >= 1000 {
+        // NB: rounded up, never down: input read a fraction of a unit after the node went idle
+        // must still compare as newer than that moment.
+        let micros = u64::try_from(at.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX - 1);
+        let new = micros.saturating_add(1);
+        let old = self.micros_plus_one.fetch_max(new, Ordering::Relaxed);
+        if new > old && new - old >= 1_000_000 {
             self.wake.notify_one();
         }
     }
 
     /// The newest moment recorded, if any.
     pub fn last(&self) -> Option<Duration> {
-        match self.millis_plus_one.load(Ordering::Relaxed) {
+        match self.micros_plus_one.load(Ordering::Relaxed) {
             0 => None,
-            v => Some(Duration::from_millis(v - 1)),
+            v => Some(Duration::from_micros(v - 1)),
         }
     }
 }
@@ -177,6 +180,17 @@ mod tests {
         assert_eq!(marks.evdev.last(), Some(Duration::from_secs(10)));
         marks.terminal.record(Duration::from_secs(12));
         assert_eq!(marks.newest(), Some(Duration::from_secs(12)));
+    }
+
+    /// If this fails, input read a fraction of a millisecond after the node went idle could be
+    /// stored as older than that moment and ignored (the owner's return missed).
+    #[test]
+    fn marks_round_up_never_down() {
+        let marks = ActivityMarks::default();
+        let at = Duration::from_nanos(1_000_900_001);
+        marks.evdev.record(at);
+        assert!(marks.evdev.last().unwrap() >= at);
+        assert!(marks.evdev.last().unwrap() - at < Duration::from_micros(1));
     }
 
     /// If this fails, file times in the future or before the agent started would yield instants

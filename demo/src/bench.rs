@@ -75,13 +75,16 @@ pub struct EngineSample {
     pub fallback: Option<String>,
     /// Freeze time CRIU reports.
     pub freeze_ms: u64,
-    /// Wall time of `Engine::checkpoint` (dump + stats + manifest with SHA-256 of every file).
+    /// Wall time of `Engine::checkpoint` (dump + stats + chunked BLAKE3 and fsync of every image
+    /// file, then the manifest).
     pub dump_ms: u64,
-    /// Wall time of `Engine::verify` + `Engine::restore`: from the dump's end until the job runs.
+    /// Wall time of `Engine::verify_metadata` + `Engine::restore` (which checks the page images
+    /// while CRIU restores, eager strategies): from the dump's end until the job runs.
     pub resume_ms: u64,
     /// Downtime the engine reports (job stopped on the source → running on the target).
     pub downtime_ms: u64,
-    /// From the dump's end until every page is back (lazy strategies) or the restore (eager).
+    /// From the dump's end until every page is back and verified (lazy strategies: the
+    /// background page check included) or the restore (eager).
     pub complete_ms: u64,
     /// Bytes of image files.
     pub image_bytes: u64,
@@ -104,6 +107,9 @@ pub struct RawSample {
     pub resume_ms: u64,
     /// From the dump's end until every page was back.
     pub complete_ms: u64,
+    /// After the dump (not in `dump_ms`): fsync of every image file and the image directory,
+    /// the durability raw CRIU skips and the engine pays before its manifest.
+    pub sync_ms: u64,
     /// Bytes of image files.
     pub image_bytes: u64,
 }
@@ -208,7 +214,8 @@ fn measure_engine_in(
     let ck = engine.checkpoint(&spec, &mut TravelState::default)?;
     let dump_ms = ms(t0.elapsed());
     let t1 = Instant::now();
-    let verified = engine.verify(&ck.path, &job)?;
+    // As the shim does: metadata first, the page images while (or, lazy, after) CRIU restores.
+    let verified = engine.verify_metadata(&ck.path, &job)?;
     let restored = engine.restore(&verified, &RestoreSpec::new(dir.join("work-restore")))?;
     let resume_ms = ms(t1.elapsed());
     if let Some(daemon) = restored.lazy_pages {
@@ -216,6 +223,9 @@ fn measure_engine_in(
     }
     if let Some(server) = ck.page_server {
         server.wait().map_err(EngineError::from)?;
+    }
+    if let Some(check) = restored.page_check {
+        check.wait().map_err(EngineError::from)?;
     }
     let complete_ms = ms(t1.elapsed());
     check_survived(wl, restored.pid, mib)?;
@@ -403,6 +413,9 @@ fn measure_raw_in(
             .freeze_ms(),
     };
     let image_bytes = dir_bytes(&img);
+    let ts = Instant::now();
+    fsync_tree(&img)?;
+    let sync_ms = ms(ts.elapsed());
     let t1 = Instant::now();
     let mut daemon = None;
     match strategy {
@@ -444,8 +457,25 @@ fn measure_raw_in(
         dump_ms,
         resume_ms,
         complete_ms,
+        sync_ms,
         image_bytes,
     })
+}
+
+/// fsyncs every regular file below `dir`, then `dir` itself.
+fn fsync_tree(dir: &Path) -> Result<(), BenchError> {
+    let what = "fsync the raw images";
+    for entry in std::fs::read_dir(dir).map_err(|e| step(what, e))? {
+        let path = entry.map_err(|e| step(what, e))?.path();
+        if path.is_file() {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| step(what, e))?;
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| step(what, e))
 }
 
 /// Writes `mib` MiB of zeros into the staging directory with `dd`, with and without fsync.
@@ -552,8 +582,8 @@ pub fn engine_table(results: &[SizeResults]) -> String {
 /// Engine vs raw CRIU, one row per (RSS, strategy) measured both ways, medians over runs.
 pub fn raw_table(results: &[SizeResults]) -> String {
     let mut t = String::from(
-        "| RSS | strategy | engine freeze ms | raw freeze ms | engine dump ms | raw dump ms | engine resumed ms | raw resumed ms | engine all back ms | raw all back ms | engine/raw (dump → all back) |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| RSS | strategy | engine freeze ms | raw freeze ms | engine dump ms | raw dump ms | engine resumed ms | raw resumed ms | engine all back ms | raw all back ms | engine/raw (dump → all back) | raw fsync ms | engine/(raw + fsync) |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for size in results {
         let mut strategies: Vec<Strategy> = Vec::new();
@@ -577,15 +607,20 @@ pub fn raw_table(results: &[SizeResults]) -> String {
             let r_dump = median(raw.iter().map(|s| s.dump_ms));
             let r_resume = median(raw.iter().map(|s| s.resume_ms));
             let r_all = median(raw.iter().map(|s| s.complete_ms));
-            let _ = writeln!(
-                t,
-                "| {} MiB | {strategy} | {e_freeze} | {r_freeze} | {e_dump} | {r_dump} | {e_resume} | {r_resume} | {e_all} | {r_all} | {} |",
-                size.mib,
+            let r_sync = median(raw.iter().map(|s| s.sync_ms));
+            let vs = |extra: u64| {
                 if eng.is_empty() {
                     "-".to_string()
                 } else {
-                    ratio((e_dump + e_all) as f64, (r_dump + r_all) as f64)
-                },
+                    ratio((e_dump + e_all) as f64, (r_dump + extra + r_all) as f64)
+                }
+            };
+            let _ = writeln!(
+                t,
+                "| {} MiB | {strategy} | {e_freeze} | {r_freeze} | {e_dump} | {r_dump} | {e_resume} | {r_resume} | {e_all} | {r_all} | {} | {r_sync} | {} |",
+                size.mib,
+                vs(0),
+                vs(r_sync),
             );
         }
     }
@@ -720,6 +755,7 @@ mod tests {
                 dump_ms: 100,
                 resume_ms: 100,
                 complete_ms: 100,
+                sync_ms: 50,
                 image_bytes: 64 * 1024 * 1024,
             }],
             dd: vec![DdSample {
@@ -738,7 +774,8 @@ mod tests {
             raw.contains("| 64 MiB | StopAndCopy | 10 | 10 | 200 | 100 |"),
             "{raw}"
         );
-        assert!(raw.contains("| 1.50x |"), "{raw}");
+        // With raw CRIU's images fsynced too (50 ms): 300 / (100 + 50 + 100) = 1.20x.
+        assert!(raw.contains("| 1.50x | 50 | 1.20x |"), "{raw}");
         let dd = dd_table(&results);
         // engine dumps 64 MiB in 200 ms, dd in 400 ms (fsync) and 100 ms (cache); raw in 100 ms.
         assert!(dd.contains("| 2.00x | 0.50x | 4.00x |"), "{dd}");

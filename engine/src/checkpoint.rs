@@ -253,31 +253,45 @@ impl Engine {
         let travel = seal();
         let write = || -> Result<Manifest, EngineError> {
             // NB: seal fsyncs every image file and directory before it writes the manifest.
-            let build = |files: Vec<crate::manifest::ImageFile>| Manifest {
-                format_version: crate::manifest::FORMAT_VERSION,
-                job: spec.job.clone(),
-                seq: spec.seq,
-                strategy,
-                requested_strategy: spec.strategy,
-                fallback_reason: fallback_reason.clone(),
-                leave_running: spec.leave_running,
-                criu_version: self.criu.version().to_owned(),
-                kernel: kernel_release(),
-                created_at_unix_ms: unix_ms(),
-                stopped_at_unix_ms: stopped_at,
-                page_server: page_server.as_ref().map(|p| p.address.clone()),
-                figures: DumpFigures {
-                    duration_ms: elapsed_ms(started),
-                    ..figures
-                },
-                image_bytes: files.iter().map(|f| f.bytes).sum(),
-                chunk_bytes: crate::digest::CHUNK_BYTES,
-                files,
-                travel,
+            let build = |files: Vec<crate::manifest::ImageFile>| -> Result<Manifest, EngineError> {
+                // NB: the deadline bounds the whole checkpoint, sealing included: past it the
+                // job resumes here (abandon) rather than being reported migrated late.
+                if let Some(limit) = spec.deadline
+                    && started.elapsed() > limit
+                {
+                    return Err(CriuError::Timeout {
+                        action: "checkpoint the job (checksums and fsync of the images)".into(),
+                        timeout: limit,
+                        log: spec.work_dir.join("dump.log"),
+                    }
+                    .into());
+                }
+                Ok(Manifest {
+                    format_version: crate::manifest::FORMAT_VERSION,
+                    job: spec.job.clone(),
+                    seq: spec.seq,
+                    strategy,
+                    requested_strategy: spec.strategy,
+                    fallback_reason: fallback_reason.clone(),
+                    leave_running: spec.leave_running,
+                    criu_version: self.criu.version().to_owned(),
+                    kernel: kernel_release(),
+                    created_at_unix_ms: unix_ms(),
+                    stopped_at_unix_ms: stopped_at,
+                    page_server: page_server.as_ref().map(|p| p.address.clone()),
+                    figures: DumpFigures {
+                        duration_ms: elapsed_ms(started),
+                        ..figures
+                    },
+                    image_bytes: files.iter().map(|f| f.bytes).sum(),
+                    chunk_bytes: crate::digest::CHUNK_BYTES,
+                    files,
+                    travel,
+                })
             };
             // NB: `duration_ms` is taken once the checksums and fsyncs are done (inside
             // `build`), so it covers everything but the manifest's own write.
-            Ok(seal::seal(&seal::Disk, &self.root, &dir, build)?)
+            seal::seal(&seal::Disk, &self.root, &dir, build)
         };
         let manifest = match write() {
             Ok(m) => m,

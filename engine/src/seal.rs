@@ -85,13 +85,14 @@ fn dirs_to_sync(root: &Path, dir: &Path, names: &[PathBuf]) -> Vec<PathBuf> {
 
 /// Seals the image directory `dir` (below the volume root `root`): lists its image files,
 /// checksums them while fsyncing them and the directories, then writes the manifest `build`
-/// makes from the file list. Nothing is written if any step fails.
-pub fn seal(
+/// makes from the file list. Nothing is written if any step fails (`build` included: it may
+/// refuse, e.g. once a deadline has passed).
+pub fn seal<E: From<LayoutError>>(
     io: &dyn SealIo,
     root: &Path,
     dir: &Path,
-    build: impl FnOnce(Vec<ImageFile>) -> Manifest,
-) -> Result<Manifest, LayoutError> {
+    build: impl FnOnce(Vec<ImageFile>) -> Result<Manifest, E>,
+) -> Result<Manifest, E> {
     let names = layout::list_files(dir, &NOT_IMAGES)?;
     let dirs = dirs_to_sync(root, dir, &names);
     let (digests, synced) = std::thread::scope(|scope| {
@@ -121,7 +122,7 @@ pub fn seal(
             blake3_chunks: d.chunks,
         })
         .collect();
-    let manifest = build(files);
+    let manifest = build(files)?;
     io.write_manifest(dir, &manifest)?;
     Ok(manifest)
 }
@@ -240,7 +241,7 @@ mod tests {
             steps: Mutex::new(Vec::new()),
             fail_sync_of: None,
         };
-        let written = seal(&io, root, &dir, manifest).unwrap();
+        let written = seal::<LayoutError>(&io, root, &dir, |f| Ok(manifest(f))).unwrap();
         let steps = io.steps.into_inner().unwrap();
         assert_eq!(steps.last(), Some(&Step::WriteManifest), "{steps:?}");
         assert_eq!(
@@ -284,7 +285,7 @@ mod tests {
             steps: Mutex::new(Vec::new()),
             fail_sync_of: Some(dir.join("core-1.img")),
         };
-        let err = seal(&io, root, &dir, manifest).unwrap_err();
+        let err = seal::<LayoutError>(&io, root, &dir, |f| Ok(manifest(f))).unwrap_err();
         assert!(err.to_string().contains("core-1.img"), "{err}");
         assert!(
             !io.steps

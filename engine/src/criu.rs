@@ -199,11 +199,31 @@ impl Criu {
     }
 
     /// The kernel features the strategies depend on (queried once, then cached).
+    ///
+    /// NB: each `criu check` takes about 40 ms here; the three run at once, and callers should
+    /// ask only when a strategy needs them (StopAndCopy never does) or warm the cache early.
     pub fn features(&self) -> Features {
-        *self.features.get_or_init(|| Features {
-            mem_dirty_track: self.check_feature("mem_dirty_track"),
-            uffd: self.check_feature("uffd"),
-            uffd_noncoop: self.check_feature("uffd-noncoop"),
+        *self.features.get_or_init(|| {
+            let spawn = |name: &str| {
+                Command::new(&self.path)
+                    .args(["check", "--feature", name])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            };
+            let checks = ["mem_dirty_track", "uffd", "uffd-noncoop"].map(spawn);
+            let [dirty, uffd, noncoop] = checks.map(|child| {
+                child
+                    .and_then(|mut c| c.wait())
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            });
+            Features {
+                mem_dirty_track: dirty,
+                uffd,
+                uffd_noncoop: noncoop,
+            }
         })
     }
 

@@ -146,6 +146,10 @@ impl Engine {
 
     /// The strategy that will really be used for `requested`, and why, if it differs.
     pub fn plan(&self, requested: Strategy, leave_running: bool) -> (Strategy, Option<String>) {
+        if requested == Strategy::StopAndCopy {
+            // Needs no kernel feature: skip the probe (three `criu check` runs).
+            return (requested, None);
+        }
         plan_strategy(requested, leave_running, self.criu.features())
     }
 }

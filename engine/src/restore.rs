@@ -225,11 +225,14 @@ impl Engine {
         let pidfile = spec.work_dir.join("restore.pid");
         let _ = std::fs::remove_file(&pidfile);
         let mut notes = Vec::new();
-        let features = self.criu.features();
-        let lazy_possible = features.uffd && features.uffd_noncoop;
         let manifest = &ckpt.manifest;
+        // NB: only LazyRestore asks for the kernel's features (a probe costs ~40 ms of downtime).
+        let lazy_possible = || {
+            let features = self.criu.features();
+            features.uffd && features.uffd_noncoop
+        };
         let lazy = match manifest.strategy {
-            Strategy::LazyRestore if lazy_possible => true,
+            Strategy::LazyRestore if lazy_possible() => true,
             Strategy::LazyRestore => {
                 notes
                     .push("userfaultfd is missing here: restored eagerly instead of lazily".into());

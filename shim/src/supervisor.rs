@@ -478,6 +478,11 @@ pub fn run(
         let mut st = lock(&shim.state);
         shim.flush_queue(&mut st);
     }
+    if let Ok(engine) = &shim.engine {
+        // Probe CRIU's kernel features now, off the checkpoint's path (they are cached).
+        let engine = Arc::clone(engine);
+        std::thread::spawn(move || engine.criu().features());
+    }
     if let Some(check) = supervised.page_check {
         let shim = Arc::clone(&shim);
         std::thread::spawn(move || {

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EmptyDirVolumeSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, ServiceAccount, Toleration,
-    Volume, VolumeMount,
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, SeccompProfile,
+    SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -163,6 +163,25 @@ pub fn workload_pod(
     }
     if let Some(r) = restore {
         command.extend(["--restore".into(), r.path.clone()]);
+    }
+    if job.spec.migration.strategy == MigrationStrategy::PostCopy {
+        // NB: after a PostCopy dump the source shim serves memory pages to the target pod over
+        // the pod network: it listens on every interface and advertises the pod IP (recorded in
+        // the manifest, where the target's `criu lazy-pages` finds it). CRIU's page server has
+        // no authentication: docs/security.md says to confine it with a NetworkPolicy.
+        command.extend(["--page-server-listen".into(), "0.0.0.0".into()]);
+        let env = container.env.get_or_insert_with(Vec::new);
+        env.push(EnvVar {
+            name: "LODGER_POD_IP".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: "status.podIP".into(),
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
     }
     command.push("--".into());
     command.extend(container.command.take().unwrap_or_default());
@@ -634,6 +653,29 @@ mod tests {
             post.termination_grace_period_seconds,
             Some(POST_COPY_GRACE_SECONDS)
         );
+        // The target must be able to reach the source's page server: it listens beyond
+        // loopback and advertises the pod IP (downward API).
+        let c = &post.containers[0];
+        let cmd = c.command.as_ref().unwrap();
+        let at = cmd
+            .iter()
+            .position(|a| a == "--page-server-listen")
+            .unwrap();
+        assert_eq!(cmd[at + 1], "0.0.0.0");
+        assert!(at < cmd.iter().position(|a| a == "--").unwrap());
+        let env = c.env.as_ref().unwrap();
+        let ip = env.iter().find(|e| e.name == "LODGER_POD_IP").unwrap();
+        assert_eq!(
+            ip.value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "status.podIP"
+        );
+        assert!(plain.containers[0].env.is_none());
     }
 
     /// Instances of a parallel job are named `<job>-<index>`, carry the parent label, and get

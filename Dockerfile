@@ -42,6 +42,11 @@ FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.source="https://github.com/lodger-dev/lodger" \
       org.opencontainers.image.description="Lodger: live migration of batch jobs between idle workstations (CRIU)" \
       org.opencontainers.image.licenses="Apache-2.0"
+# procps: `kill`, so `kubectl exec <job>-home -- kill -USR1 1` works as DESIGN.md shows (the stub
+# catches the signal and forwards it to the job wherever it runs).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends procps \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=bundle /opt/lodger /opt/lodger
 COPY --from=build /out/lodger-operator /out/lodger-node-agent /out/lodger-stub /out/kubectl-lodger /out/lodger-workload /usr/local/bin/
 # NB: the shim never runs from this image's user: workload pods copy /opt/lodger (init container

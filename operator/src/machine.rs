@@ -522,13 +522,23 @@ impl<'a> Machine<'a> {
         self.s.node = Some(node.into());
     }
 
+    /// Deletes every workload pod of the job except the one status names.
     fn delete_other_pods(&mut self) {
         let keep = self.s.pod.clone();
+        self.delete_pods_except(keep.as_deref());
+    }
+
+    /// Deletes every workload pod of the job (the job no longer runs anywhere).
+    fn delete_all_pods(&mut self) {
+        self.delete_pods_except(None);
+    }
+
+    fn delete_pods_except(&mut self, keep: Option<&str>) {
         for p in self.o.pods {
-            if p.metadata.deletion_timestamp.is_none() && p.metadata.name != keep {
-                self.effects.push(Effect::DeletePod(
-                    p.metadata.name.clone().unwrap_or_default(),
-                ));
+            let name = p.metadata.name.as_deref();
+            if p.metadata.deletion_timestamp.is_none() && (keep.is_none() || name != keep) {
+                self.effects
+                    .push(Effect::DeletePod(name.unwrap_or_default().to_string()));
             }
         }
     }
@@ -556,13 +566,7 @@ impl<'a> Machine<'a> {
         }
         self.adopt();
         if self.s.stub_pod.is_some() && self.o.stub.is_none() {
-            for p in self.o.pods {
-                if p.metadata.deletion_timestamp.is_none() {
-                    self.effects.push(Effect::DeletePod(
-                        p.metadata.name.clone().unwrap_or_default(),
-                    ));
-                }
-            }
+            self.delete_all_pods();
             self.finish(
                 JobPhase::Failed,
                 None,
@@ -681,13 +685,7 @@ impl<'a> Machine<'a> {
     }
 
     fn fail_max(&mut self, why: &str) -> &'static str {
-        for p in self.o.pods {
-            if p.metadata.deletion_timestamp.is_none() {
-                self.effects.push(Effect::DeletePod(
-                    p.metadata.name.clone().unwrap_or_default(),
-                ));
-            }
-        }
+        self.delete_all_pods();
         let msg = format!(
             "{why}, but the job already made {} of at most {} migrations: ending it",
             self.s.migrations,
@@ -983,13 +981,7 @@ impl<'a> Machine<'a> {
                 self.park(&format!("{msg}; checkpoint {} is kept", ck.spec.seq), None)
             }
             (None, _) if self.o.job.spec.migration.on_node_lost == NodeLostPolicy::Fail => {
-                for p in self.o.pods {
-                    if p.metadata.deletion_timestamp.is_none() {
-                        self.effects.push(Effect::DeletePod(
-                            p.metadata.name.clone().unwrap_or_default(),
-                        ));
-                    }
-                }
+                self.delete_all_pods();
                 self.finish(
                     JobPhase::Failed,
                     None,
@@ -1009,13 +1001,7 @@ impl<'a> Machine<'a> {
                 "node-lost-restart"
             }
             (None, None) => {
-                for p in self.o.pods {
-                    if p.metadata.deletion_timestamp.is_none() {
-                        self.effects.push(Effect::DeletePod(
-                            p.metadata.name.clone().unwrap_or_default(),
-                        ));
-                    }
-                }
+                self.delete_all_pods();
                 self.s.phase = Some(JobPhase::Placing);
                 self.s.pod = None;
                 self.s.node = None;
@@ -1032,13 +1018,7 @@ impl<'a> Machine<'a> {
 
     /// Parks the job on the volume: its last checkpoint waits there, nothing runs.
     fn park(&mut self, why: &str, record: Option<MigrationRecord>) -> &'static str {
-        for p in self.o.pods {
-            if p.metadata.deletion_timestamp.is_none() {
-                self.effects.push(Effect::DeletePod(
-                    p.metadata.name.clone().unwrap_or_default(),
-                ));
-            }
-        }
+        self.delete_all_pods();
         if let Some(r) = record {
             self.push_history(r);
         }

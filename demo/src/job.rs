@@ -123,6 +123,10 @@ impl Workload {
         std::fs::create_dir_all(&spec.dir).map_err(io("create the workload's directory"))?;
         let out = spec.dir.join("out.log");
         let stdout = File::create(&out).map_err(io("create out.log"))?;
+        // NB: the workload shares the host's /proc (no mount namespace), so CRIU's parasite
+        // cannot use /proc/self and mounts a proc at `proc.crtools` in the job's working
+        // directory. Two dumps in one directory race on that mkdir ("Can't get /proc fd"), so
+        // every workload runs in its own directory.
         // NB: the workload's stderr must not be shared with `unshare`, which writes a warning
         // when its child is dumped and killed: CRIU refuses to restore a file whose size changed.
         let mut cmd = Command::new("unshare");
@@ -132,6 +136,7 @@ impl Workload {
                 spec.dir.join("err.log").display()
             ))
             .args(spec.argv())
+            .current_dir(&spec.dir)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::null());

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, SeccompProfile,
-    SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    LocalObjectReference, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
+    SeccompProfile, SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -83,6 +83,37 @@ fn name_ns(job: &MigratableJob) -> (&str, &str) {
         job.metadata.name.as_deref().unwrap_or_default(),
         job.metadata.namespace.as_deref().unwrap_or_default(),
     )
+}
+
+/// `imagePullSecrets` of the pods the operator creates for `job` (workload pod and home stub):
+/// the template's own first, in their order, then the operator's (`--image-pull-secret`, the
+/// chart's `imagePullSecrets`), each name once; `None` when there are none. The stub gets the
+/// same list as the workload pod: it runs the Lodger image, like the workload pod's
+/// `lodger-install` init container, so whatever credentials pull it there pull it here too.
+/// The names refer to Secrets in the job's namespace; the operator neither reads nor copies
+/// them (it has no access to Secrets).
+pub fn image_pull_secrets(
+    job: &MigratableJob,
+    settings: &Settings,
+) -> Option<Vec<LocalObjectReference>> {
+    let template = job
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.as_deref())
+        .unwrap_or_default();
+    let mut out: Vec<LocalObjectReference> = Vec::new();
+    let operator = settings
+        .image_pull_secrets
+        .iter()
+        .map(|name| LocalObjectReference { name: name.clone() });
+    for secret in template.iter().cloned().chain(operator) {
+        if !out.iter().any(|s| s.name == secret.name) {
+            out.push(secret);
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The checkpoint a new pod restores from.
@@ -219,9 +250,11 @@ pub fn workload_pod(
     });
     spec.containers = vec![container];
 
+    spec.image_pull_secrets = image_pull_secrets(job, settings);
     spec.init_containers = Some(vec![Container {
         name: INSTALL_CONTAINER.into(),
         image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.as_str().into()),
         command: Some(
             ["cp", "-a", "/opt/lodger/.", "/lodger-tools/"]
                 .map(String::from)
@@ -328,6 +361,7 @@ pub fn stub_pod(job: &MigratableJob, settings: &Settings) -> Pod {
         metadata: meta(job, stub_name(name), labels),
         spec: Some(PodSpec {
             service_account_name: Some(STUB_ACCOUNT.into()),
+            image_pull_secrets: image_pull_secrets(job, settings),
             node_name: job.spec.home_node.clone(),
             affinity,
             restart_policy: Some("Never".into()),
@@ -344,6 +378,7 @@ pub fn stub_pod(job: &MigratableJob, settings: &Settings) -> Pod {
             containers: vec![Container {
                 name: "stub".into(),
                 image: Some(settings.image.clone()),
+                image_pull_policy: Some(settings.image_pull_policy.as_str().into()),
                 command: Some(
                     ["lodger-stub", "--namespace", ns, "--job", name]
                         .map(String::from)
@@ -676,6 +711,111 @@ mod tests {
             "status.podIP"
         );
         assert!(plain.containers[0].env.is_none());
+    }
+
+    fn names(secrets: Option<&Vec<LocalObjectReference>>) -> Vec<&str> {
+        secrets
+            .map(|list| list.iter().map(|s| s.name.as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    /// A job whose template names its own pull secrets, `regcred` twice.
+    fn job_with_template_secrets(secrets: &[&str]) -> MigratableJob {
+        let mut job = JobBuilder::new("j").home("h1").build();
+        job.spec.template.spec.as_mut().unwrap().image_pull_secrets = Some(
+            secrets
+                .iter()
+                .map(|name| LocalObjectReference {
+                    name: (*name).into(),
+                })
+                .collect(),
+        );
+        job
+    }
+
+    /// The operator's pull secrets reach both pods it creates from the Lodger image, after the
+    /// template's own (kept first, in order), each name once even when the template and the
+    /// operator both name it or the template repeats one. If this breaks, job pods in a lab
+    /// with a private registry fail with ImagePullBackOff, or the API server gets a list with
+    /// a duplicate name.
+    #[test]
+    fn pull_secrets_reach_workload_and_stub_template_first() {
+        let job = job_with_template_secrets(&["team-registry", "regcred", "team-registry"]);
+        let mut settings = settings();
+        settings.image_pull_secrets = vec!["regcred".into(), "lodger-pull".into()];
+        let want = ["team-registry", "regcred", "lodger-pull"];
+        let workload = workload_pod(&job, &settings, 1, "a", None).spec.unwrap();
+        assert_eq!(names(workload.image_pull_secrets.as_ref()), want);
+        let stub = stub_pod(&job, &settings).spec.unwrap();
+        assert_eq!(names(stub.image_pull_secrets.as_ref()), want);
+
+        // Without template secrets the operator's alone, on both pods.
+        let plain = JobBuilder::new("p").build();
+        for spec in [
+            workload_pod(&plain, &settings, 1, "a", None).spec.unwrap(),
+            stub_pod(&plain, &settings).spec.unwrap(),
+        ] {
+            assert_eq!(
+                names(spec.image_pull_secrets.as_ref()),
+                ["regcred", "lodger-pull"]
+            );
+        }
+    }
+
+    /// With no operator pull secrets nothing is added: a job without any has no
+    /// `imagePullSecrets` at all, a job with its own keeps exactly those. If this breaks, pods
+    /// name Secrets nobody configured (and the kubelet warns about each missing one).
+    #[test]
+    fn no_pull_secrets_added_when_unset() {
+        let plain = JobBuilder::new("p").build();
+        assert!(
+            workload_pod(&plain, &settings(), 1, "a", None)
+                .spec
+                .unwrap()
+                .image_pull_secrets
+                .is_none()
+        );
+        assert!(
+            stub_pod(&plain, &settings())
+                .spec
+                .unwrap()
+                .image_pull_secrets
+                .is_none()
+        );
+        let own = job_with_template_secrets(&["team-registry"]);
+        let workload = workload_pod(&own, &settings(), 1, "a", None).spec.unwrap();
+        assert_eq!(
+            names(workload.image_pull_secrets.as_ref()),
+            ["team-registry"]
+        );
+    }
+
+    /// The Lodger image is pulled per the operator's pull policy in the init container and the
+    /// stub, and the job's own container keeps the template's policy. If this breaks, the
+    /// chart's `image.pullPolicy` does not reach job pods (a moving tag is never re-pulled, or
+    /// an air-gapped lab's `Never` pulls).
+    #[test]
+    fn lodger_image_follows_operator_pull_policy() {
+        let mut job = JobBuilder::new("j").build();
+        job.spec.template.spec.as_mut().unwrap().containers[0].image_pull_policy =
+            Some("Always".into());
+        for (policy, want) in [
+            (crate::config::PullPolicy::IfNotPresent, "IfNotPresent"),
+            (crate::config::PullPolicy::Never, "Never"),
+        ] {
+            let mut settings = settings();
+            settings.image_pull_policy = policy;
+            let spec = workload_pod(&job, &settings, 1, "a", None).spec.unwrap();
+            let init = &spec.init_containers.as_ref().unwrap()[0];
+            assert_eq!(init.name, INSTALL_CONTAINER);
+            assert_eq!(init.image_pull_policy.as_deref(), Some(want));
+            assert_eq!(
+                spec.containers[0].image_pull_policy.as_deref(),
+                Some("Always")
+            );
+            let stub = stub_pod(&job, &settings).spec.unwrap();
+            assert_eq!(stub.containers[0].image_pull_policy.as_deref(), Some(want));
+        }
     }
 
     /// Instances of a parallel job are named `<job>-<index>`, carry the parent label, and get

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::config::{Args, LogindMode};
 use crate::driver::{self, Context};
-use crate::http::{self, Health};
+use crate::http::{self, HttpError};
 use crate::idle::evdev::{self, EvdevConfig};
 use crate::idle::load::{self, JobCgroups, LoadSampler};
 use crate::idle::logind::{self, LogindView};
@@ -35,7 +35,7 @@ pub enum AgentError {
     Client(#[source] kube::Error),
     /// The HTTP endpoint failed.
     #[error(transparent)]
-    Http(#[from] http::HttpError),
+    Http(#[from] HttpError),
     /// A loop that must run forever ended.
     #[error("the {0} loop ended unexpectedly")]
     LoopEnded(&'static str),
@@ -344,10 +344,7 @@ pub async fn idle_loop(
 pub async fn run(args: Args) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let health = Health {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    };
+    let endpoints = http::endpoints(metrics.clone(), ready.clone());
     let workload_uids: driver::signals::WorkloadUids = Arc::new(Mutex::new(BTreeSet::new()));
     let settings = IdleSettings::from_args(&args);
     let exit_after = async {
@@ -366,7 +363,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         ready.store(true, Ordering::Relaxed);
         let idle = idle_loop(settings, Sink::Stdout { node_name }, metrics, workload_uids);
         tokio::select! {
-            r = http::serve(args.metrics_addr, health) => return r.map_err(AgentError::Http).and(Err(AgentError::LoopEnded("http"))),
+            r = lodger_telemetry::serve(args.metrics_addr, endpoints, std::future::pending()) => return r.map_err(AgentError::Http).and(Err(AgentError::LoopEnded("http"))),
             () = idle => return Err(AgentError::LoopEnded("idle")),
             () = exit_after => return Ok(()),
         }
@@ -403,7 +400,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     };
     ready.store(true, Ordering::Relaxed);
     tokio::select! {
-        r = http::serve(args.metrics_addr, health) => r.map_err(AgentError::Http).and(Err(AgentError::LoopEnded("http"))),
+        r = lodger_telemetry::serve(args.metrics_addr, endpoints, std::future::pending()) => r.map_err(AgentError::Http).and(Err(AgentError::LoopEnded("http"))),
         () = idle => Err(AgentError::LoopEnded("idle")),
         () = driver::checkpoint::run(ctx.clone()) => Err(AgentError::LoopEnded("checkpoint")),
         () = driver::signals::run(ctx.clone(), workload_uids.clone()) => Err(AgentError::LoopEnded("signal")),

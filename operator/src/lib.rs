@@ -171,11 +171,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             shutdown.cancel();
         });
     }
-    let server = tokio::spawn(server::serve(
+    let server = tokio::spawn(lodger_telemetry::serve(
         config.metrics_addr,
-        metrics.clone(),
-        ready.clone(),
-        shutdown.clone(),
+        server::endpoints(metrics.clone(), ready.clone()),
+        shutdown.clone().cancelled_owned(),
     ));
 
     // A follower waiting for the Lease is ready (it is healthy and rollouts must proceed); a
@@ -248,7 +247,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let _ = holder.await;
     lease::release(&leases, &config.lease_name, &config.identity).await;
     match server.await {
-        Ok(Err(e)) => Err(RunError::Server(e)),
+        // NB: the IO error alone, as before the server moved to lodger-telemetry.
+        Ok(Err(e)) => Err(RunError::Server(e.into_io_error())),
         _ => Ok(()),
     }
 }

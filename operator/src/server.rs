@@ -1,80 +1,30 @@
-//! HTTP endpoints (axum): `/metrics` (OpenMetrics text from [`crate::metrics::Metrics`]),
-//! `/healthz` (the process serves requests) and `/readyz` (503 only while a new leader syncs
-//! its caches; a follower waiting for the Lease is ready, so rollouts of two replicas proceed).
+//! The operator's HTTP endpoints, served by [`lodger_telemetry`]: `/metrics` (OpenMetrics text
+//! from [`crate::metrics::Metrics`]), `/healthz` (the process serves requests) and `/readyz`
+//! (503 only while a new leader syncs its caches; a follower waiting for the Lease is ready, so
+//! rollouts of two replicas proceed). [`crate::run`] sets and clears the flag.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use tokio_util::sync::CancellationToken;
+use lodger_telemetry::Endpoints;
 
 use crate::metrics::Metrics;
 
-#[derive(Clone, Debug)]
-struct Shared {
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-}
+/// The `/readyz` body while a new leader syncs.
+pub const NOT_READY_BODY: &str = "not ready";
 
-/// The router.
-pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready_handler))
-        .with_state(Shared { metrics, ready })
-}
-
-async fn metrics_handler(State(s): State<Shared>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-}
-
-async fn ready_handler(State(s): State<Shared>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-/// Serves until `shutdown` is cancelled.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve_on(listener, metrics, ready, shutdown).await
-}
-
-/// Serves on a bound listener until `shutdown` is cancelled.
-pub async fn serve_on(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, ready))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+/// The operator's endpoints: its metrics registry and its readiness flag.
+pub fn endpoints(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Endpoints {
+    Endpoints::new(move || metrics.encode(), ready).not_ready_body(NOT_READY_BODY)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+    use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -88,26 +38,34 @@ mod tests {
         out
     }
 
-    /// The endpoints answer on loopback: health always, readiness only once ready, metrics in
-    /// OpenMetrics text. If this breaks, kubelet probes kill a healthy operator or Prometheus
-    /// scrapes nothing.
+    /// The endpoints answer on loopback: health always, readiness only once ready (and again
+    /// 503 when cleared, as when a follower becomes leader and syncs), metrics in OpenMetrics
+    /// text from the operator's registry; the server stops when shutdown is cancelled. If this
+    /// breaks, kubelet probes kill a healthy operator or Prometheus scrapes nothing.
     #[tokio::test]
     async fn endpoints_answer() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ready = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve_on(
+        let task = tokio::spawn(lodger_telemetry::serve_on(
             listener,
-            Arc::new(Metrics::default()),
-            ready.clone(),
-            stop.clone(),
+            endpoints(Arc::new(Metrics::default()), ready.clone()),
+            stop.clone().cancelled_owned(),
         ));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.ends_with("\r\n\r\nnot ready"), "{r}");
         ready.store(true, Ordering::Relaxed);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        ready.store(false, Ordering::Relaxed);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         let m = get(addr, "/metrics").await;
+        assert!(
+            m.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            "{m}"
+        );
         assert!(m.contains("lodger_operator_parked_jobs"), "{m}");
         stop.cancel();
         task.await.unwrap().unwrap();

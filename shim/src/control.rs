@@ -22,6 +22,34 @@ pub const SOCKET_NAME: &str = "shim.sock";
 /// Largest message either side accepts, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Lowest real-time signal number a `signal` request may carry (Linux numbering). The kernel's
+/// real-time signals start at 32, but glibc keeps 32 and 33 for its threads, so the SIGRTMIN
+/// programs see is 34 and `SIGRTMIN+n` means `34 + n`.
+pub const SIGRTMIN: i32 = 34;
+
+/// Highest signal number a `signal` request may carry: SIGRTMAX (the kernel's `_NSIG`).
+pub const SIGRTMAX: i32 = 64;
+
+/// Why the shim refuses a `signal` request for `signo`, or `None` when it takes it: the
+/// standard signals 1..=31 and the real-time signals [`SIGRTMIN`]..=[`SIGRTMAX`]. Refused: 0
+/// and negative numbers, 32 and 33 (glibc's own; a job's C library would treat them as thread
+/// cancellation or set*id broadcasts), anything above 64. The node agent applies the same rule
+/// before it hands a JobSignal over, so a refused number fails that signal instead of holding
+/// up the job's later ones.
+pub fn signal_refusal(signo: i32) -> Option<String> {
+    match signo {
+        1..=31 | SIGRTMIN..=SIGRTMAX => None,
+        32 | 33 => Some(format!(
+            "signal {signo} is reserved by the C library (glibc) for its own threads and is never \
+             sent to a job; real-time signals start at SIGRTMIN = {SIGRTMIN}"
+        )),
+        _ => Some(format!(
+            "{signo} is not a signal number a job can be sent (1..=31, or SIGRTMIN..=SIGRTMAX = \
+             {SIGRTMIN}..={SIGRTMAX})"
+        )),
+    }
+}
+
 /// Checkpoint strategy, spelled as in the Kubernetes API (`StopAndCopy`, ...).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
@@ -76,7 +104,8 @@ pub enum Op {
     Checkpoint(CheckpointRequest),
     /// Deliver signal `signo` to the job, exactly once per `seq` (also across migrations).
     Signal {
-        /// Signal number.
+        /// Signal number, Linux numbering: 1..=31 or a real-time signal 34..=64 (see
+        /// [`signal_refusal`]).
         signo: i32,
         /// Per-job sequence number (≥ 1); a seq at or below the highest one seen is a duplicate.
         seq: u64,
@@ -342,5 +371,30 @@ mod tests {
         );
         let back: Response = serde_json::from_str(&serde_json::to_string(&resp).unwrap()).unwrap();
         assert_eq!(back, resp);
+    }
+
+    /// If this fails, the shim would refuse a real-time signal a user sent (or a standard one),
+    /// or hand the job a number glibc reserves (32, 33) or one that is no signal at all.
+    #[test]
+    fn takes_standard_and_real_time_signals_only() {
+        for signo in (1..=31).chain(SIGRTMIN..=SIGRTMAX) {
+            assert_eq!(signal_refusal(signo), None, "{signo}");
+        }
+        for signo in [i32::MIN, -1, 0, 32, 33, 65, 128, i32::MAX] {
+            assert!(signal_refusal(signo).is_some(), "{signo}");
+        }
+        assert!(
+            signal_refusal(32)
+                .unwrap()
+                .contains("reserved by the C library")
+        );
+        assert!(signal_refusal(65).unwrap().contains("34..=64"));
+    }
+
+    /// If this fails, [`SIGRTMIN`]/[`SIGRTMAX`] disagree with the C library the shim and its
+    /// job's init are built against, so `SIGRTMIN+n` would name another signal than in C.
+    #[test]
+    fn real_time_range_matches_the_c_library() {
+        assert_eq!((SIGRTMIN, SIGRTMAX), (libc::SIGRTMIN(), libc::SIGRTMAX()));
     }
 }

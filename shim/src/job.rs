@@ -7,8 +7,8 @@
 //!      └─ CMD ARGS...  (PID 2; stdout/stderr are pipes the shim copies to its own)
 //! ```
 //!
-//! The init takes every signal with `sigwait`: SIGCHLD reaps (it is the namespace's reaper),
-//! anything else is forwarded to the job. When the job ends the init exits with the job's code
+//! The init takes every signal with `sigwaitinfo`: SIGCHLD reaps (it is the namespace's reaper),
+//! anything else, real-time signals (34..=64) included, is forwarded to the job. When the job ends the init exits with the job's code
 //! (128 + signal number if a signal killed it) and the kernel kills whatever is left in the
 //! namespace. CRIU dumps the init's whole tree, so the namespace, the PIDs in it and the init
 //! itself travel together.
@@ -19,9 +19,8 @@ use std::os::fd::OwnedFd;
 use caps::CapSet;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sched::{CloneFlags, setns, unshare};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::stat::fstat;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid, execvp, setgid, setgroups, setsid, setuid};
 
 use crate::sys::{self, Forked};
@@ -300,25 +299,30 @@ fn private_proc() -> nix::Result<()> {
 }
 
 /// The init's loop: reap children, forward signals, exit with the job's code.
+///
+/// NB: the signal number is taken raw ([`sys::wait_signal`], `sigwaitinfo`), and the job is
+/// reaped raw ([`sys::reap_any`]): nix's `SigSet::wait` panics on a real-time signal and its
+/// `waitpid` cannot report a child killed by one (the default action of every real-time signal
+/// is to terminate), so either would lose the signal or the job's exit code.
 fn supervise(job: Pid) -> i32 {
     let all = SigSet::all();
     loop {
-        let signal = match all.wait() {
+        let signo = match sys::wait_signal(&all) {
             Ok(s) => s,
             // Interrupted (e.g. by a checkpoint's ptrace seize or a restore): wait again.
             Err(_) => continue,
         };
-        if signal == Signal::SIGCHLD {
+        if signo == Signal::SIGCHLD as i32 {
             loop {
-                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) if pid == job => return code,
-                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == job => return 128 + sig as i32,
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                match sys::reap_any() {
+                    Ok(sys::Reaped::Exited(pid, code)) if pid == job => return code,
+                    Ok(sys::Reaped::Signaled(pid, sig)) if pid == job => return 128 + sig,
+                    Ok(sys::Reaped::Nothing) | Err(_) => break,
                     Ok(_) => {}
                 }
             }
         } else {
-            let _ = kill(job, signal);
+            let _ = sys::send_signal(job, signo);
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::control::{
     CheckpointOutcome, CheckpointRequest, ControlError, ErrorKind, JobState, MAX_MESSAGE_BYTES, Op,
     PROTOCOL_VERSION, PageCheckState, Reply, Request, Response, SOCKET_NAME, ShimStatus,
-    SignalDisposition, SignalOutcome,
+    SignalDisposition, SignalOutcome, signal_refusal,
 };
 use crate::convert;
 
@@ -127,9 +127,14 @@ impl Shim {
         }
     }
 
+    /// Sends `signo` to the job's init, which forwards it to the job (raw number: real-time
+    /// signals have no nix `Signal`).
     fn deliver(&self, signo: i32) -> Result<(), String> {
-        let signal = Signal::try_from(signo).map_err(|e| format!("signal {signo}: {e}"))?;
-        kill(self.init, signal).map_err(|e| format!("failed to send {signal} to the job: {e}"))
+        if let Some(refusal) = signal_refusal(signo) {
+            return Err(refusal);
+        }
+        crate::sys::send_signal(self.init, signo)
+            .map_err(|e| format!("failed to send signal {signo} to the job: {e}"))
     }
 
     /// Handles a `signal` request: exactly once per seq.
@@ -137,11 +142,8 @@ impl Shim {
         if seq == 0 {
             return error(ErrorKind::BadRequest, "signal seq must be at least 1");
         }
-        if Signal::try_from(signo).is_err() {
-            return error(
-                ErrorKind::BadRequest,
-                format!("{signo} is not a signal number"),
-            );
+        if let Some(refusal) = signal_refusal(signo) {
+            return error(ErrorKind::BadRequest, refusal);
         }
         let mut st = lock(&self.state);
         if seq <= st.last_signal_seq {

@@ -5,7 +5,9 @@
 //! process (a second process of the job, connected by two pipes) to the number N, and `off` is
 //! the offset of `--file` after appending `line N`. It holds `--mem-mib` MiB of pseudo-random
 //! memory. Signals: SIGUSR1 prints `usr1 count=K mem_ok=B`, re-checking the memory against the
-//! checksum taken at start; SIGTERM prints `term` and exits with code 42. At start it prints its
+//! checksum taken at start; SIGTERM prints `term` and exits with code 42; a real-time signal
+//! (SIGRTMIN..=SIGRTMAX, 34..=64) prints `rt signo=S count=K`, K counting that number's
+//! deliveries, with `mem_ok=B` as for SIGUSR1. At start it prints its
 //! capability sets (`caps ...`) from /proc/self/status.
 //!
 //! Used through the shim only; it is a test helper, not part of the product.
@@ -77,6 +79,11 @@ fn main() {
     handled.add(Signal::SIGUSR1);
     handled.add(Signal::SIGTERM);
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled), None).expect("block signals");
+    // Real-time signals have no nix `Signal`: a raw set and a raw sigwaitinfo (the shim's sys).
+    let real_time = lodger_shim::sys::signal_set(libc::SIGRTMIN()..=libc::SIGRTMAX())
+        .expect("real-time signal set");
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&real_time), None)
+        .expect("block real-time signals");
 
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let caps: Vec<&str> = status
@@ -123,6 +130,25 @@ fn main() {
                     }
                     _ => {}
                 }
+            }
+        });
+    }
+
+    {
+        let mem = Arc::clone(&mem);
+        std::thread::spawn(move || {
+            let mut counts = [0u64; 65];
+            loop {
+                let Ok(signo) = lodger_shim::sys::wait_signal(&real_time) else {
+                    continue;
+                };
+                let Some(count) = usize::try_from(signo).ok().and_then(|i| counts.get_mut(i))
+                else {
+                    continue;
+                };
+                *count += 1;
+                let ok = checksum(&mem.lock().expect("mem lock")) == expected;
+                println!("rt signo={signo} count={count} mem_ok={ok}");
             }
         });
     }

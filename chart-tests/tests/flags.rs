@@ -36,6 +36,11 @@ fn chart_flags_exist_in_binaries() {
         &[("agent.detection.enabled", "false")],
         &[("agent.detection.inputAccess", "privileged")],
         &[("agent.detection.logind", "false")],
+        &[
+            ("imagePullSecrets[0]", "regcred"),
+            ("imagePullSecrets[1]", "mirror.lab"),
+            ("image.pullPolicy", "Always"),
+        ],
     ];
     for set in sets {
         let objects = render(set);

@@ -44,13 +44,13 @@ impl PullPolicy {
     }
 }
 
-/// A Secret name as `imagePullSecrets` takes it: a DNS-1123 subdomain (lowercase letters,
-/// digits, `-` and `.`, starting and ending with a letter or digit, at most 253 characters).
-/// Surrounding blanks are trimmed (`LODGER_IMAGE_PULL_SECRETS="a, b"`). Refusing a bad name at
-/// start-up beats creating pods the API server rejects one by one.
+/// A Secret name as `imagePullSecrets` takes it: a DNS-1123 subdomain (dot-separated labels of
+/// lowercase letters, digits and `-`, each starting and ending with a letter or digit; at most
+/// 253 characters; the chart's values.schema.json has the same pattern). Surrounding blanks are
+/// trimmed (`LODGER_IMAGE_PULL_SECRETS="a, b"`). Refusing a bad name at start-up beats creating
+/// pods the API server rejects one by one.
 fn secret_name(raw: &str) -> Result<String, String> {
     let name = raw.trim();
-    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     if name.is_empty() {
         return Err("a Secret name cannot be empty".into());
     }
@@ -59,13 +59,17 @@ fn secret_name(raw: &str) -> Result<String, String> {
             "Secret name {name:?} is longer than 253 characters"
         ));
     }
-    if !name.chars().all(|c| alnum(c) || c == '-' || c == '.')
-        || !name.starts_with(alnum)
-        || !name.ends_with(alnum)
-    {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let label_ok = |label: &str| {
+        label.starts_with(alnum)
+            && label.ends_with(alnum)
+            && label.chars().all(|c| alnum(c) || c == '-')
+    };
+    if !name.split('.').all(label_ok) {
         return Err(format!(
-            "{name:?} is not a valid Secret name (lowercase letters, digits, '-' and '.', \
-             starting and ending with a letter or digit)"
+            "{name:?} is not a valid Secret name (a DNS-1123 subdomain: lowercase letters, \
+             digits, '-' and '.', each dot-separated part starting and ending with a letter or \
+             digit)"
         ));
     }
     Ok(name.to_string())
@@ -237,7 +241,9 @@ mod tests {
     /// message. If this breaks, a typo in the chart values makes every pod create fail instead.
     #[test]
     fn bad_pull_secret_names_are_refused() {
-        for bad in ["Regcred", "reg_cred", "-regcred", "regcred.", "", "a,,b"] {
+        for bad in [
+            "Regcred", "reg_cred", "-regcred", "regcred.", "a..b", "a.-b", "", "a,,b",
+        ] {
             let err = parse(&[&format!("--image-pull-secret={bad}")])
                 .map(|c| c.image_pull_secrets)
                 .expect_err(bad);

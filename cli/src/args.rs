@@ -23,6 +23,7 @@ Examples:
 
   # Talk to a job wherever it runs
   kubectl lodger signal simulate-x7k2p USR1
+  kubectl lodger signal simulate-x7k2p SIGRTMIN+3
   kubectl lodger logs -f simulate-x7k2p
 
   # Move it now, and see its moves
@@ -171,7 +172,8 @@ pub struct MigrateArgs {
 pub struct SignalArgs {
     /// The MigratableJob.
     pub job: String,
-    /// Signal name or number: TERM, SIGUSR1, usr2, 10, ...
+    /// Signal name or number: TERM, SIGUSR1, usr2, 10, ...; real-time signals as SIGRTMIN+3
+    /// (= 37), RTMAX-1 (= 63) or a number 34..64 (Linux numbering: SIGRTMIN = 34, SIGRTMAX = 64)
     pub signal: String,
 }
 

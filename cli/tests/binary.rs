@@ -51,7 +51,7 @@ fn no_kubeconfig_says_how_to_set_one() {
 #[test]
 fn invalid_arguments_exit_2_with_a_clear_message() {
     let home = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["run", "--parallel", "0", "--", "x"],
             "0 is not in 1..=1000",
@@ -78,6 +78,12 @@ fn invalid_arguments_exit_2_with_a_clear_message() {
         ),
         (&["run", "--", ""], "a command is required after `--`"),
         (&["signal", "sim", "SIGFOO"], "unknown signal 'SIGFOO'"),
+        (
+            &["signal", "sim", "SIGRTMIN+31"],
+            "signal 'SIGRTMIN+31' is out of range",
+        ),
+        (&["signal", "sim", "65"], "signal '65' is out of range"),
+        (&["signal", "sim", "33"], "reserved by the C library"),
         (&["-o", "xml", "ps"], "invalid value 'xml'"),
     ];
     for (args, want) in cases {

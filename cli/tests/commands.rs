@@ -365,6 +365,42 @@ async fn signal_creates_the_next_jobsignal() {
     );
 }
 
+/// If this fails, `kubectl lodger signal JOB SIGRTMIN+3` would send another number than glibc's
+/// SIGRTMIN+3 (Linux 37) or name it differently from `kill -l` in its output.
+#[tokio::test]
+async fn signal_sends_real_time_signals_by_their_linux_number() {
+    let (client, mut handle) = mock();
+    let args = SignalArgs {
+        job: "sim".into(),
+        signal: "SIGRTMIN+3".into(),
+    };
+    let task = tokio::spawn(async move {
+        let mut c = Captured::new();
+        let code = commands::signal(client, NS, &args, RetryPolicy::cli(), &mut c.io()).await;
+        (code, c)
+    });
+    let (_, uri, _, _, send) = next(&mut handle).await;
+    assert_eq!(uri, format!("{JOBS}/sim"));
+    reply(send, 200, &job("sim", "Running", Some("ws-12"), None));
+    let (m, _, _, _, send) = next(&mut handle).await;
+    assert_eq!(m, Method::GET);
+    reply(
+        send,
+        200,
+        &json!({"apiVersion": "lodger.dev/v1alpha1", "kind": "JobSignalList", "metadata": {}, "items": []}),
+    );
+    let (m, _, _, body, send) = next(&mut handle).await;
+    assert_eq!(m, Method::POST);
+    assert_eq!(body["spec"], json!({"job": "sim", "signal": 37, "seq": 1}));
+    reply(send, 201, &body);
+    let (code, c) = task.await.unwrap();
+    assert_eq!(code.expect("ok"), 0);
+    assert_eq!(
+        c.out(),
+        "jobsignal.lodger.dev/sim-sig-1 created (SIGRTMIN+3, seq 1)\n"
+    );
+}
+
 /// If this fails, signalling a job that does not exist would create an orphan JobSignal instead
 /// of telling the user how to find their jobs.
 #[tokio::test]

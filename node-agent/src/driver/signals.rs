@@ -7,8 +7,12 @@
 //! `seq` order; they are handed to that pod's shim one by one (`signal {signo, seq}`), and each
 //! handed one gets status Delivered (the shim's `delivered`, `queued` — it travels with a
 //! checkpoint in progress — and `duplicate` — handed over before — all mean the shim has it)
-//! and an Event. A signal the shim cannot take stops that job's sequence (order matters) until
-//! the next change or retry tick. A job that has ended fails its pending signals.
+//! and an Event. Signal numbers are handed over raw: the standard ones and the real-time ones
+//! (SIGRTMIN..SIGRTMAX, 34..=64) alike. A signal the shim cannot take *now* stops that job's
+//! sequence (order matters) until the next change or retry tick; one it will *never* take — a
+//! number [`control::signal_refusal`] rejects (glibc's 32 and 33, which the API admits), or a
+//! `badRequest` from the shim — fails, so it does not hold up the job's later signals. A job that
+//! has ended fails its pending signals.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -230,6 +234,14 @@ pub async fn deliver(ctx: &Context, delivery: &Delivery) -> Result<Vec<String>, 
     let mut done = Vec::new();
     for sig in &delivery.signals {
         let seq = u64::try_from(sig.seq).unwrap_or(0);
+        // NB: a number the shim will never take (glibc's 32/33: the API admits 1..=64) fails
+        // here, without a call, so it does not hold up the job's later signals.
+        if let Some(refusal) = control::signal_refusal(sig.signo) {
+            let message = format!("signal {} is not sent to jobs: {refusal}", sig.signo);
+            record(ctx, delivery, sig, SignalPhase::Failed, message, "failed").await?;
+            done.push(format!("{}/{}", delivery.namespace, sig.name));
+            continue;
+        }
         let answer = control::call(
             &socket,
             Op::Signal {
@@ -290,6 +302,16 @@ pub async fn deliver(ctx: &Context, delivery: &Delivery) -> Result<Vec<String>, 
                     _ => return finish_early(done, shim_err(e.message)),
                 }
             }
+            // A permanent refusal (e.g. a shim too old to know real-time signals): waiting
+            // would hold up every later signal of the job for good.
+            Ok(Reply::Error(e)) if e.kind == ErrorKind::BadRequest => (
+                SignalPhase::Failed,
+                format!(
+                    "the shim of pod {} refused signal {}: {}",
+                    delivery.pod, sig.signo, e.message
+                ),
+                "failed",
+            ),
             Ok(Reply::Error(e)) => {
                 return finish_early(done, shim_err(format!("{:?}: {}", e.kind, e.message)));
             }
@@ -298,28 +320,41 @@ pub async fn deliver(ctx: &Context, delivery: &Delivery) -> Result<Vec<String>, 
             }
             Err(e) => return finish_early(done, shim_err(e.to_string())),
         };
-        let status = JobSignalStatus {
-            phase: Some(phase),
-            node: Some(ctx.node_name.clone()),
-            delivered_at: (phase == SignalPhase::Delivered).then(|| Time(Timestamp::now())),
-            message: Some(message.clone()),
-        };
-        apply_status(ctx, &delivery.namespace, &sig.name, &status).await?;
-        ctx.metrics
-            .signals
-            .get_or_create(&ResultLabel {
-                result: label.to_string(),
-            })
-            .inc();
-        let type_ = if phase == SignalPhase::Delivered {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        publish(ctx, &delivery.namespace, &sig.name, type_, message).await;
+        record(ctx, delivery, sig, phase, message, label).await?;
         done.push(format!("{}/{}", delivery.namespace, sig.name));
     }
     Ok(done)
+}
+
+/// Writes a handled signal's status, counts it and publishes its Event.
+async fn record(
+    ctx: &Context,
+    delivery: &Delivery,
+    sig: &PendingSignal,
+    phase: SignalPhase,
+    message: String,
+    label: &str,
+) -> Result<(), SignalError> {
+    let status = JobSignalStatus {
+        phase: Some(phase),
+        node: Some(ctx.node_name.clone()),
+        delivered_at: (phase == SignalPhase::Delivered).then(|| Time(Timestamp::now())),
+        message: Some(message.clone()),
+    };
+    apply_status(ctx, &delivery.namespace, &sig.name, &status).await?;
+    ctx.metrics
+        .signals
+        .get_or_create(&ResultLabel {
+            result: label.to_string(),
+        })
+        .inc();
+    let type_ = if phase == SignalPhase::Delivered {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    publish(ctx, &delivery.namespace, &sig.name, type_, message).await;
+    Ok(())
 }
 
 /// Logs why a sequence stopped early and returns what was handed over before it.
@@ -601,6 +636,89 @@ mod tests {
             shim.requests().len(),
             2,
             "one signal attempt and one status query"
+        );
+    }
+
+    /// If this fails, real-time signals (SIGRTMIN+3 = 37, SIGRTMAX = 64) are not handed to the
+    /// shim with their number, or a number the shim never takes (glibc's 32, which the API
+    /// admits; or one a shim refuses as a bad request) holds up the job's later signals forever
+    /// instead of failing on its own with a reason.
+    #[tokio::test]
+    async fn real_time_signals_are_handed_over_and_refused_numbers_fail_alone() {
+        let kubelet = tempfile::tempdir().unwrap();
+        let shim = FakeShim::start(kubelet.path(), "uid-new", |req| match req.op {
+            Op::Signal { signo: 63, .. } => Some(Reply::Error(ControlError {
+                kind: ErrorKind::BadRequest,
+                message: "63 is not a signal number".into(),
+            })),
+            Op::Signal { seq, .. } => Some(Reply::Signal(SignalOutcome {
+                seq,
+                disposition: SignalDisposition::Delivered,
+            })),
+            Op::Status | Op::Checkpoint(_) => None,
+        });
+        let (client, verifier) = ApiServerVerifier::new();
+        let server = tokio::spawn(async move {
+            let mut v = verifier;
+            for (seq, phase, needle) in [
+                (1, "Delivered", "signal 37 delivered"),
+                (2, "Failed", "reserved by the C library"),
+                (3, "Failed", "refused signal 63: 63 is not a signal number"),
+                (4, "Delivered", "signal 64 delivered"),
+            ] {
+                let body = v
+                    .expect_fn("PATCH", &status_uri(&format!("sim-sig-{seq}")), echo)
+                    .await;
+                assert_eq!(body["status"]["phase"], phase, "seq {seq}");
+                let msg = body["status"]["message"].as_str().unwrap();
+                assert!(msg.contains(needle), "seq {seq}: {msg}");
+                let event = v.expect("POST", EVENTS_URI, None, json!({})).await;
+                let type_ = if phase == "Delivered" {
+                    "Normal"
+                } else {
+                    "Warning"
+                };
+                assert_eq!(event["type"], type_, "seq {seq}");
+            }
+        });
+        let ctx = context(client, kubelet.path());
+        let delivery = Delivery {
+            namespace: "lab".into(),
+            job: "sim".into(),
+            pod: "sim-2".into(),
+            pod_uid: "uid-new".into(),
+            signals: [(1, 37), (2, 32), (3, 63), (4, 64)]
+                .into_iter()
+                .map(|(seq, signo)| PendingSignal {
+                    name: format!("sim-sig-{seq}"),
+                    signo,
+                    seq,
+                })
+                .collect(),
+        };
+        let done = deliver(&ctx, &delivery).await.unwrap();
+        assert_eq!(
+            done,
+            [
+                "lab/sim-sig-1",
+                "lab/sim-sig-2",
+                "lab/sim-sig-3",
+                "lab/sim-sig-4"
+            ]
+        );
+        timeout_after_1s(server).await;
+        let handed: Vec<_> = shim
+            .requests()
+            .into_iter()
+            .filter_map(|r| match r.op {
+                Op::Signal { signo, seq } => Some((seq, signo)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            handed,
+            [(1, 37), (3, 63), (4, 64)],
+            "32 never reaches the shim"
         );
     }
 }

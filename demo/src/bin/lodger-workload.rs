@@ -64,7 +64,8 @@ struct Args {
     echo_child: bool,
 }
 
-/// Signals the workload records. SIGTERM and SIGINT also make it exit.
+/// Standard signals the workload records (real-time ones are recorded too, see `run`). SIGTERM
+/// and SIGINT also make it exit.
 const RECORDED: [Signal; 8] = [
     Signal::SIGHUP,
     Signal::SIGINT,
@@ -139,9 +140,11 @@ fn emit(record: &Record) {
 
 fn run(args: Args) -> Result<u8, Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let mut mask = SigSet::empty();
-    for s in RECORDED {
-        mask.add(s);
+    // RECORDED plus every real-time signal (34..=64, recorded as `SIG<n>`): nix's `SigSet::add`
+    // cannot name those, so start from `sigfillset` and drop the standard signals not recorded.
+    let mut mask = SigSet::all();
+    for s in Signal::iterator().filter(|s| !RECORDED.contains(s)) {
+        mask.remove(s);
     }
     mask.thread_block()?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;

@@ -21,7 +21,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let termination_log = args.termination_log.clone();
     if let Err(e) = agent::run(args).await {
-        let report = format!("{:#}", anyhow::Error::new(e));
+        // NB: every error's message already ends with its cause ("…: Address already in use");
+        // printing the source chain as well would say it twice.
+        let report = e.to_string();
         tracing::error!(error = %report, "node agent stopped");
         // Best effort: outside Kubernetes the termination log may not be writable.
         let _ = std::fs::write(&termination_log, format!("{report}\n"));

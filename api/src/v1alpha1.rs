@@ -646,13 +646,15 @@ pub enum CheckpointPhase {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.spec == oldSelf.spec").message("a JobSignal's spec is immutable: send a new signal instead"),
+    validation = Rule::new("self.spec.signal != 32 && self.spec.signal != 33").message("spec.signal 32 and 33 are reserved by the C library and never reach a job: real-time signals are 34 (SIGRTMIN) to 64 (SIGRTMAX)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct JobSignalSpec {
     /// Name of the MigratableJob (same namespace).
     #[schemars(length(min = 1, max = 253))]
     pub job: String,
-    /// Signal number (Linux numbering, e.g. 10 for SIGUSR1, 15 for SIGTERM).
+    /// Signal number (Linux numbering, e.g. 10 for SIGUSR1, 15 for SIGTERM, 34..64 for
+    /// SIGRTMIN..SIGRTMAX; 32 and 33 are refused, the C library keeps them).
     #[schemars(range(min = 1, max = 64))]
     pub signal: i32,
     /// Per-job sequence number, starting at 1. Signals are delivered in this order and each

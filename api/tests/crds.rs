@@ -423,7 +423,9 @@ fn checkpoint_spec_is_immutable_and_reasons_are_an_enum() {
     );
 }
 
-/// Signal numbers outside 1..=64 and seq 0 are refused.
+/// Signal numbers outside 1..=64, the C library's reserved 32 and 33, and seq 0 are refused;
+/// real-time 34 and 64 are admitted. If this fails, a signal the shim never delivers could be
+/// created and wait forever.
 #[test]
 fn job_signal_ranges() {
     let sig = json!({
@@ -440,6 +442,17 @@ fn job_signal_ranges() {
         ),
         "/spec/signal",
     );
+    for rt in [34, 64] {
+        let ok = with(sig.clone(), "/spec/signal", json!(rt));
+        assert!(admission_errors(&JobSignal::crd(), &ok, None).is_empty());
+    }
+    for reserved in [32, 33] {
+        let bad = with(sig.clone(), "/spec/signal", json!(reserved));
+        assert_refused(
+            &admission_errors(&JobSignal::crd(), &bad, None),
+            "reserved by the C library",
+        );
+    }
     assert_refused(
         &admission_errors(&JobSignal::crd(), &with(sig, "/spec/seq", json!(0)), None),
         "/spec/seq",

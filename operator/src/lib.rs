@@ -57,9 +57,9 @@ pub enum RunError {
     /// A cache never synced.
     #[error("failed to sync the {0} cache")]
     Cache(&'static str),
-    /// The metrics server failed.
-    #[error("failed to serve metrics")]
-    Server(#[source] std::io::Error),
+    /// The /metrics, /healthz and /readyz server could not listen or stopped serving.
+    #[error(transparent)]
+    Server(#[from] lodger_telemetry::HttpError),
 }
 
 async fn wait_for_signal() {
@@ -159,6 +159,14 @@ pub fn controllers(
 
 /// Runs the operator until SIGTERM/SIGINT or loss of leadership.
 pub async fn run(config: Config) -> Result<(), RunError> {
+    // NB: listen first: a taken port ends the operator at once with a clear message instead of
+    // leaving it running unobservable until its liveness probe kills it.
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| lodger_telemetry::HttpError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?;
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -171,17 +179,48 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             shutdown.cancel();
         });
     }
-    let server = tokio::spawn(lodger_telemetry::serve(
-        config.metrics_addr,
-        server::endpoints(metrics.clone(), ready.clone()),
-        shutdown.clone().cancelled_owned(),
-    ));
+    let server = {
+        let served = lodger_telemetry::serve_on(
+            listener,
+            server::endpoints(metrics.clone(), ready.clone()),
+            shutdown.clone().cancelled_owned(),
+        );
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let r = served.await;
+            if let Err(e) = &r {
+                // Without its endpoints the operator cannot be probed or scraped: stop cleanly
+                // (releasing the Lease) and let the Deployment restart it.
+                warn!(error = %e, "metrics and health server failed: shutting down");
+                shutdown.cancel();
+            }
+            r
+        })
+    };
 
+    let led = lead(&config, client, metrics, ready, &shutdown).await;
+    shutdown.cancel();
+    match server.await {
+        // NB: a failed server also cancels the rest; its error is the cause worth reporting.
+        Ok(Err(e)) => Err(RunError::Server(e)),
+        _ => led,
+    }
+}
+
+/// Waits for the Lease, syncs the caches and runs the controllers until `shutdown` or loss of
+/// leadership; releases the Lease on the way out.
+async fn lead(
+    config: &Config,
+    client: Client,
+    metrics: Arc<metrics::Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
     // A follower waiting for the Lease is ready (it is healthy and rollouts must proceed); a
     // new leader is not until its caches are synced.
     ready.store(true, Ordering::Relaxed);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.lease_namespace);
-    lease::acquire(&leases, &config.lease_name, &config.identity, &shutdown).await?;
+    lease::acquire(&leases, &config.lease_name, &config.identity, shutdown).await?;
     ready.store(false, Ordering::Relaxed);
     let holder = tokio::spawn(lease::hold(
         leases.clone(),
@@ -246,9 +285,39 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     shutdown.cancel();
     let _ = holder.await;
     lease::release(&leases, &config.lease_name, &config.identity).await;
-    match server.await {
-        // NB: the IO error alone, as before the server moved to lodger-telemetry.
-        Ok(Err(e)) => Err(RunError::Server(e.into_io_error())),
-        _ => Ok(()),
+    Ok(())
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+    use clap::Parser;
+
+    /// A taken metrics port ends the operator at once with an error naming the address (before
+    /// any API call). If this fails, an operator whose endpoints cannot listen would run on
+    /// unprobed and unscraped until its liveness probe kills it, with no reason in its log.
+    #[tokio::test]
+    async fn a_taken_metrics_port_stops_the_operator_with_a_clear_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let config = Config::try_parse_from([
+            "lodger-operator",
+            "--image=lodger:test",
+            &format!("--metrics-addr={addr}"),
+        ])
+        .unwrap();
+        let err = run(config).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RunError::Server(lodger_telemetry::HttpError::Bind { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("failed to listen on {addr}: ")),
+            "{err}"
+        );
     }
 }

@@ -262,36 +262,125 @@ async fn lead(
             }
         });
     }
-    tokio::select! {
-        () = shutdown.cancelled() => return Ok(()),
-        r = async { (nodes.wait_until_ready().await, pods.wait_until_ready().await) } => {
-            if r.0.is_err() { return Err(RunError::Cache("node")); }
-            if r.1.is_err() { return Err(RunError::Cache("pod")); }
-        }
+    let synced = tokio::select! {
+        () = shutdown.cancelled() => Ok(false),
+        r = async { (nodes.wait_until_ready().await, pods.wait_until_ready().await) } => match r {
+            (Err(_), _) => Err(RunError::Cache("node")),
+            (_, Err(_)) => Err(RunError::Cache("pod")),
+            _ => Ok(true),
+        },
+    };
+    if let Ok(true) = synced {
+        let (jobs, cks, _ctx) = controllers(
+            client.clone(),
+            config.settings(),
+            metrics.clone(),
+            nodes,
+            pods,
+            shutdown.clone(),
+        );
+        ready.store(true, Ordering::Relaxed);
+        info!("leading: controllers running");
+        futures::join!(jobs, cks);
     }
-
-    let (jobs, cks, _ctx) = controllers(
-        client.clone(),
-        config.settings(),
-        metrics.clone(),
-        nodes,
-        pods,
-        shutdown.clone(),
-    );
-    ready.store(true, Ordering::Relaxed);
-    info!("leading: controllers running");
-    futures::join!(jobs, cks);
+    // NB: every way out releases the Lease (also a shutdown or a cache failure before the
+    // controllers started), so a follower takes over at once instead of after its expiry.
     ready.store(false, Ordering::Relaxed);
     shutdown.cancel();
     let _ = holder.await;
     lease::release(&leases, &config.lease_name, &config.identity).await;
-    Ok(())
+    synced.map(drop)
 }
 
 #[cfg(test)]
 mod run_tests {
     use super::*;
     use clap::Parser;
+
+    /// A shutdown while the caches are still syncing (the controllers never started) still
+    /// gives the Lease up. If this fails, a replica stopped early keeps the Lease until it
+    /// expires and the follower waits that long before it leads.
+    #[tokio::test]
+    async fn a_shutdown_before_the_caches_sync_still_releases_the_lease() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        use serde_json::{Value, json};
+
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let config = Config::try_parse_from([
+            "lodger-operator",
+            "--image=lodger:test",
+            "--lease-namespace=lodger-system",
+            "--identity=me",
+        ])
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let led = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let metrics = Arc::new(metrics::Metrics::default());
+                let ready = Arc::new(AtomicBool::new(false));
+                lead(&config, client, metrics, ready, &shutdown).await
+            }
+        });
+        let lease_path =
+            "/apis/coordination.k8s.io/v1/namespaces/lodger-system/leases/lodger-operator";
+        let mut handle = std::pin::pin!(handle);
+        let mut lease: Option<Value> = None;
+        // Watches that never answer: the caches never sync.
+        let mut pending = Vec::new();
+        let released = loop {
+            let (request, send) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
+                    .await
+                    .expect("the operator went quiet before releasing the Lease")
+                    .expect("the operator dropped its client");
+            let method = request.method().to_string();
+            let path = request.uri().path().to_string();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let reply = |code: u16, body: &Value| {
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(body).unwrap()))
+                    .unwrap()
+            };
+            match (method.as_str(), path.as_str()) {
+                ("GET", p) if p == lease_path => match &lease {
+                    Some(l) => send.send_response(reply(200, l)),
+                    None => send.send_response(reply(
+                        404,
+                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                "reason": "NotFound", "code": 404}),
+                    )),
+                },
+                ("POST" | "PUT", p) if p.starts_with("/apis/coordination.k8s.io/v1/") => {
+                    let mut body: Value = serde_json::from_slice(&bytes).unwrap();
+                    body["metadata"]["resourceVersion"] = json!("1");
+                    let holder = body["spec"]["holderIdentity"].as_str().map(str::to_owned);
+                    send.send_response(reply(200, &body));
+                    lease = Some(body);
+                    if method == "PUT" && holder.is_none() {
+                        break true;
+                    }
+                }
+                ("GET", "/api/v1/nodes" | "/api/v1/pods") => {
+                    // The operator holds the Lease and waits for its caches: stop it now.
+                    shutdown.cancel();
+                    pending.push(send);
+                }
+                other => panic!("unexpected request {other:?}"),
+            }
+        };
+        assert!(released);
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), led)
+            .await
+            .expect("lead did not return after the shutdown")
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(lease.unwrap()["spec"]["holderIdentity"], Value::Null);
+        drop(pending);
+    }
 
     /// A taken metrics port ends the operator at once with an error naming the address (before
     /// any API call). If this fails, an operator whose endpoints cannot listen would run on

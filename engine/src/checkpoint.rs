@@ -351,6 +351,15 @@ impl Engine {
             .unwrap_or(10);
         args.push("--timeout".into());
         args.push(freeze_secs.to_string().into());
+        // The container runtime's bind mounts (volumes, /etc/hosts, device nodes, masked /proc
+        // paths) are external to the job: name each by its mount point (see external_mounts).
+        let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+        let job_mounts = parse_mountinfo(&read(format!("/proc/{}/mountinfo", spec.pid)));
+        let own_mounts = parse_mountinfo(&read("/proc/self/mountinfo".into()));
+        for point in external_mounts(&job_mounts, &own_mounts) {
+            args.push("--external".into());
+            args.push(format!("mnt[{point}]:{point}").into());
+        }
         args.extend(spec.extra_args.iter().map(OsString::from));
         args
     }
@@ -490,6 +499,106 @@ impl Engine {
     }
 }
 
+/// One line of `/proc/<pid>/mountinfo`: the fields the external-mount rule needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MountEntry {
+    /// `major:minor` of the filesystem.
+    pub dev: String,
+    /// Path of the mount's root inside its filesystem (`/` unless it is a bind of a subtree or
+    /// of a single file).
+    pub root: String,
+    /// Mount point, relative to the reading process's root.
+    pub point: String,
+}
+
+/// Parses `/proc/<pid>/mountinfo` (proc(5)), undoing the kernel's octal escapes (`\040`).
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let dev = fields.nth(2)?;
+            let root = fields.next()?;
+            let point = fields.next()?;
+            Some(MountEntry {
+                dev: dev.to_owned(),
+                root: unescape_mountinfo(root),
+                point: unescape_mountinfo(point),
+            })
+        })
+        .collect()
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points of the job's namespace that CRIU must treat as external: every mount the job
+/// inherited from the container (same mount point, filesystem and root in the engine's own
+/// mount namespace, which is the container's), i.e. all but the namespace's root (restored with
+/// `--root`) and the job's own /proc. In a pod these are the runtime's mounts: every volume,
+/// `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, `/dev/termination-log`, the tmpfs `/dev`
+/// and its device nodes, `/proc` with `/dev/null` over its masked files, `/sys`, the
+/// service-account token. They belong to the container, not to the job: CRIU cannot rebuild
+/// binds of single files or subtrees ("doesn't have a proper root mount"), and would otherwise
+/// copy each tmpfs with `tar`, which the workload image need not have. Each is dumped under its
+/// own mount point as the key, and the restore binds it from the same path of the new container
+/// ([`restore_mount_map`]), so the job sees the new pod's volumes and files. Paths CRIU's
+/// `mnt[KEY]:VALUE` syntax cannot carry (containing `]`, `:` or `,`) are left out: CRIU then
+/// names them in its refusal.
+pub(crate) fn external_mounts(job_mounts: &[MountEntry], own_mounts: &[MountEntry]) -> Vec<String> {
+    let mut points: Vec<String> = job_mounts
+        .iter()
+        .filter(|m| m.point != "/" && own_mounts.contains(m))
+        .map(|m| m.point.clone())
+        .filter(|p| usable_key(p))
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    points
+}
+
+/// Restore side of [`external_mounts`]: every mount point of the restoring process's own
+/// mount namespace (the new container), as `mnt[POINT]:POINT`. CRIU uses the entries whose key
+/// the image names and ignores the rest; a key the image names that this container lacks makes
+/// CRIU refuse with "No mapping for ... mountpoint".
+pub(crate) fn restore_mount_map(own_mounts: &[MountEntry]) -> Vec<String> {
+    let mut points: Vec<&str> = own_mounts
+        .iter()
+        .map(|m| m.point.as_str())
+        .filter(|p| *p != "/" && usable_key(p))
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    points
+        .into_iter()
+        .map(|p| format!("mnt[{p}]:{p}"))
+        .collect()
+}
+
+fn usable_key(point: &str) -> bool {
+    !point.contains([']', ':', ','])
+}
+
 /// A file in `work_dir` for the stderr of a CRIU run in the background (`<name>.stderr`).
 pub(crate) fn stderr_file(work_dir: &Path, name: &str) -> Result<std::fs::File, EngineError> {
     let path = work_dir.join(format!("{name}.stderr"));
@@ -595,5 +704,101 @@ pub fn raise_pipe_max_size() -> Option<String> {
             "could not raise fs.pipe-max-size from {current} to {WANT} ({e}); remote lazy pages \
              may fail: set `sysctl fs.pipe-max-size={WANT}` on the node"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The job's mount namespace inside a container, as `/proc/<init>/mountinfo` shows it (taken
+    /// from the container-like harness): overlay root, proc with a masked file, tmpfs /dev with a
+    /// bound device node, a single-file bind, a volume, then the job's own /proc on top.
+    const JOB: &str = "\
+45 44 0:39 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w
+46 45 0:41 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+47 46 0:6 /null /proc/keys rw,relatime - devtmpfs devtmpfs rw
+54 45 0:42 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+55 54 0:6 /null /dev/null rw,relatime - devtmpfs devtmpfs rw
+186 45 254:0 /tmp/pod\\040a/hosts /etc/hosts rw,relatime - ext4 /dev/vda rw
+207 45 254:0 /tmp/data /my\\040data rw,relatime - ext4 /dev/vda rw
+209 46 0:88 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+";
+
+    /// The container's (CRIU's) own mount namespace: the same mounts but for the job's /proc.
+    fn container() -> Vec<MountEntry> {
+        parse_mountinfo(&JOB.lines().take(7).collect::<Vec<_>>().join("\n"))
+    }
+
+    /// mountinfo parsing takes device, root and mount point and undoes octal escapes; if it
+    /// breaks, external mounts are named wrongly and CRIU refuses every container dump.
+    #[test]
+    fn mountinfo_fields_and_escapes() {
+        let mounts = parse_mountinfo(JOB);
+        assert_eq!(mounts.len(), 8);
+        assert_eq!(
+            mounts[5],
+            MountEntry {
+                dev: "254:0".into(),
+                root: "/tmp/pod a/hosts".into(),
+                point: "/etc/hosts".into(),
+            }
+        );
+        assert_eq!(mounts[6].point, "/my data");
+        assert_eq!(unescape_mountinfo("a\\134b\\011c\\"), "a\\b\tc\\");
+    }
+
+    /// Every mount the job inherited from the container is external (so CRIU binds it from the
+    /// new container instead of refusing binds or tarring tmpfs), but not the namespace's root
+    /// (restored with --root) nor the job's own /proc (a mount CRIU makes anew). If this fails,
+    /// container dumps are refused or the job would get the old pod's /dev and volumes.
+    #[test]
+    fn inherited_mounts_are_external_the_jobs_own_are_not() {
+        let job = parse_mountinfo(JOB);
+        assert_eq!(
+            external_mounts(&job, &container()),
+            [
+                "/dev",
+                "/dev/null",
+                "/etc/hosts",
+                "/my data",
+                "/proc",
+                "/proc/keys"
+            ]
+        );
+        // Outside any container (nothing shared with CRIU's namespace) nothing is external.
+        assert!(external_mounts(&job, &[]).is_empty());
+    }
+
+    /// Mount points CRIU's `mnt[KEY]:VALUE` syntax cannot carry are left out on both sides
+    /// rather than passed garbled; if this fails CRIU gets a malformed option and refuses.
+    #[test]
+    fn unusable_mount_points_are_left_out() {
+        let odd = parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/sda rw\n\
+             2 1 8:1 /x /a:b rw - ext4 /dev/sda rw\n\
+             3 1 8:1 /y /c]d rw - ext4 /dev/sda rw\n\
+             4 1 8:1 /z /e,f rw - ext4 /dev/sda rw\n\
+             5 1 8:1 /w /ok rw - ext4 /dev/sda rw",
+        );
+        assert_eq!(external_mounts(&odd, &odd), ["/ok"]);
+        assert_eq!(restore_mount_map(&odd), ["mnt[/ok]:/ok"]);
+    }
+
+    /// The restore offers each of the new container's mount points once, under its own path,
+    /// and never the root; if this fails the restore cannot find the new pod's mounts.
+    #[test]
+    fn restore_maps_each_own_mount_point_to_itself() {
+        assert_eq!(
+            restore_mount_map(&container()),
+            [
+                "mnt[/dev]:/dev",
+                "mnt[/dev/null]:/dev/null",
+                "mnt[/etc/hosts]:/etc/hosts",
+                "mnt[/my data]:/my data",
+                "mnt[/proc]:/proc",
+                "mnt[/proc/keys]:/proc/keys",
+            ]
+        );
     }
 }

@@ -35,7 +35,10 @@ use std::thread::JoinHandle;
 
 use nix::sys::signal::Signal;
 
-use crate::checkpoint::{Ready, raise_pipe_max_size, signal_tree, status_pipe, wait_ready};
+use crate::checkpoint::{
+    Ready, parse_mountinfo, raise_pipe_max_size, restore_mount_map, signal_tree, status_pipe,
+    wait_ready,
+};
 use crate::criu::{self, CriuError};
 use crate::manifest::{JobId, Manifest, ManifestError, Strategy};
 use crate::{Engine, EngineError, layout, unix_ms};
@@ -283,6 +286,13 @@ impl Engine {
             "--pidfile".into(),
             pidfile.clone().into(),
         ];
+        // The new container's mounts, offered under their own paths for the external mounts
+        // the dump named (see checkpoint::external_mounts).
+        let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for map in restore_mount_map(&parse_mountinfo(&own)) {
+            args.push("--external".into());
+            args.push(map.into());
+        }
         for fd in &spec.inherit {
             args.push("--inherit-fd".into());
             args.push(format!("fd[{}]:{}", fd.fd, fd.key).into());

@@ -555,10 +555,11 @@ fn unescape_mountinfo(field: &str) -> String {
 /// Mount points of the job's namespace that CRIU must treat as external: every mount the job
 /// inherited from the container (same mount point, filesystem and root in the engine's own
 /// mount namespace, which is the container's), i.e. all but the namespace's root (restored with
-/// `--root`) and the job's own /proc. In a pod these are the runtime's mounts: every volume,
-/// `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, `/dev/termination-log`, the tmpfs `/dev`
-/// and its device nodes, `/proc` with `/dev/null` over its masked files, `/sys`, the
-/// service-account token. They belong to the container, not to the job: CRIU cannot rebuild
+/// `--root`), the job's own /proc and what lies under it at the same point (the container's
+/// /proc). In a pod these are the runtime's mounts: every volume, `/etc/hosts`,
+/// `/etc/hostname`, `/etc/resolv.conf`, `/dev/termination-log`, the tmpfs `/dev` and its device
+/// nodes, `/dev/null` over the masked `/proc` files, the read-only `/proc/sys` & co., `/sys`,
+/// the service-account token. They belong to the container, not to the job: CRIU cannot rebuild
 /// binds of single files or subtrees ("doesn't have a proper root mount"), and would otherwise
 /// copy each tmpfs with `tar`, which the workload image need not have. Each is dumped under its
 /// own mount point as the key, and the restore binds it from the same path of the new container
@@ -566,9 +567,19 @@ fn unescape_mountinfo(field: &str) -> String {
 /// `mnt[KEY]:VALUE` syntax cannot carry (containing `]`, `:` or `,`) are left out: CRIU then
 /// names them in its refusal.
 pub(crate) fn external_mounts(job_mounts: &[MountEntry], own_mounts: &[MountEntry]) -> Vec<String> {
+    // NB: CRIU matches `mnt[KEY]` against mount points, so a point is external only if every
+    // mount of the job's namespace there is inherited: the job's own /proc sits on the
+    // container's, and must stay a proc CRIU mounts anew (else the restored job would get the
+    // new container's /proc, a view of the wrong PID namespace). The container's /proc below
+    // it is then rebuilt by CRIU too, as it would be outside a container.
+    let own_mount_there = |point: &str| {
+        job_mounts
+            .iter()
+            .any(|m| m.point == point && !own_mounts.contains(m))
+    };
     let mut points: Vec<String> = job_mounts
         .iter()
-        .filter(|m| m.point != "/" && own_mounts.contains(m))
+        .filter(|m| m.point != "/" && own_mounts.contains(m) && !own_mount_there(&m.point))
         .map(|m| m.point.clone())
         .filter(|p| usable_key(p))
         .collect();
@@ -750,21 +761,16 @@ mod tests {
 
     /// Every mount the job inherited from the container is external (so CRIU binds it from the
     /// new container instead of refusing binds or tarring tmpfs), but not the namespace's root
-    /// (restored with --root) nor the job's own /proc (a mount CRIU makes anew). If this fails,
-    /// container dumps are refused or the job would get the old pod's /dev and volumes.
+    /// (restored with --root) nor /proc, where the job's own proc sits on the container's (CRIU
+    /// matches keys by mount point: keying /proc would bind the new container's /proc over the
+    /// job's). If this fails, container dumps are refused, the job would get the old pod's
+    /// /dev and volumes, or a /proc of the wrong PID namespace.
     #[test]
     fn inherited_mounts_are_external_the_jobs_own_are_not() {
         let job = parse_mountinfo(JOB);
         assert_eq!(
             external_mounts(&job, &container()),
-            [
-                "/dev",
-                "/dev/null",
-                "/etc/hosts",
-                "/my data",
-                "/proc",
-                "/proc/keys"
-            ]
+            ["/dev", "/dev/null", "/etc/hosts", "/my data", "/proc/keys"]
         );
         // Outside any container (nothing shared with CRIU's namespace) nothing is external.
         assert!(external_mounts(&job, &[]).is_empty());

@@ -567,6 +567,24 @@ fn seen_by_job(pod: &Pod, path: &str) -> String {
         .unwrap_or_else(|e| panic!("job cannot read {path}: {e}"))
 }
 
+/// The job's /proc shows its own PID namespace: exactly the job's three processes (init 1,
+/// job 2, its child 3), not the container's shim and the rest of the pod. (Listing, not reading
+/// /proc/1/cmdline: that reads the process's memory, which a lazy restore may not have paged in
+/// yet.)
+fn assert_job_has_its_own_proc(pod: &Pod) {
+    let proc = format!("/proc/{}/root/proc", pod.job_pid());
+    let mut pids: Vec<u32> = std::fs::read_dir(&proc)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    assert_eq!(
+        pids,
+        [1, 2, 3],
+        "the job's /proc is not its own PID namespace's"
+    );
+}
+
 /// No mount of the test's namespace refers to the cluster's directory: the pods' mounts stayed
 /// in their own namespaces.
 fn assert_no_mount_leaked(cluster: &Cluster) {
@@ -586,6 +604,7 @@ fn migrate_between_pods(strategy: Strategy, seq: u64) {
     let mut source = Pod::start(&cluster, "a", &Pod::job_args(&file));
     source.wait_tick(5);
     assert!(seen_by_job(&source, "/etc/hostname").contains("pod a"));
+    assert_job_has_its_own_proc(&source);
     let outcome = source.checkpoint(&path, seq, strategy);
     assert_eq!(outcome.strategy, strategy, "{outcome:?}");
     let restore = ["--exit-after-migration", "--restore", &path].map(String::from);
@@ -608,6 +627,9 @@ fn migrate_between_pods(strategy: Strategy, seq: u64) {
             "{path} in the restored job is not pod b's"
         );
     }
+    // ... but its /proc is still its own PID namespace's (PID 1 there is the job's init, not
+    // pod b's shim): CRIU mounted it anew rather than binding the container's.
+    assert_job_has_its_own_proc(&target);
     if matches!(strategy, Strategy::LazyRestore | Strategy::PostCopy) {
         assert_eq!(finished_page_check(&target), PageCheckState::Passed);
     }

@@ -15,6 +15,10 @@
 //! resumes: a failed dump leaves the job running where it was. An eager dump that takes the job
 //! away runs `--leave-stopped`; the engine kills the stopped tree only after the manifest is
 //! durable (and sends it SIGCONT if anything fails before that).
+//!
+//! Every dump names the mounts the job inherited from its container as CRIU externals
+//! (`--external mnt[P]:P`, `external_mounts`); the restore binds them from the new container
+//! (`restore_mount_map`). docs/engine.md, "Inside a container", says why.
 
 use std::ffi::OsString;
 use std::io::Read;

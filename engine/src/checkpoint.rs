@@ -621,7 +621,7 @@ pub(crate) fn stderr_file(work_dir: &Path, name: &str) -> Result<std::fs::File, 
         .map_err(|e| EngineError::io(format!("create {}", path.display()), e))
 }
 
-/// The PIDs of the tree rooted at `root` (root first), from /proc/<pid>/task/<tid>/children.
+/// The PIDs of the tree rooted at `root` (root first), from `/proc/<pid>/task/<tid>/children`.
 pub fn process_tree(root: i32) -> Vec<i32> {
     let mut tree = vec![root];
     let mut next = 0;

@@ -133,6 +133,8 @@ mount -o remount,bind,ro "$R$TOKEN"
 
 /// runc's pivot_root, then the old root detached. After the pivot nothing of the host is on
 /// the path, so the host's umount runs through the host's loader under the old root.
+/// NB: the loader's path is Debian's x86_64 multiarch one (the machines Lodger is tested on);
+/// `set -e` stops the pod if it is wrong, so the job never runs with the host still mounted.
 const PIVOT_ROOT: &str = r##"
 cd "$R"
 pivot_root . ".$OLD_ROOT"

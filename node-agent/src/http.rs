@@ -21,21 +21,8 @@ pub fn endpoints(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Endpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
+    use lodger_telemetry::testing::get;
     use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    async fn get_path(addr: SocketAddr, path: &str) -> String {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
 
     /// If this fails, the kubelet's probes or Prometheus cannot reach the agent (wrong paths,
     /// readiness reported before the loops run, metrics not from the agent's registry).
@@ -50,18 +37,19 @@ mod tests {
             endpoints(Arc::new(Metrics::new()), ready.clone()),
             std::future::pending(),
         ));
-        assert!(get_path(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
-        let r = get_path(addr, "/readyz").await;
-        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
-        assert!(r.ends_with("\r\n\r\nstarting"), "{r}");
+        assert_eq!(get(addr, "/healthz").await.status, 200);
+        let r = get(addr, "/readyz").await;
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.body, "starting");
         ready.store(true, Ordering::Relaxed);
-        assert!(get_path(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
-        let m = get_path(addr, "/metrics").await;
-        assert!(
-            m.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            "{m}"
+        assert_eq!(get(addr, "/readyz").await.status, 200);
+        let m = get(addr, "/metrics").await;
+        assert_eq!(
+            m.header("content-type"),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            "{m:?}"
         );
-        assert!(m.contains("lodger_node_agent_idle -1"), "{m}");
+        assert!(m.body.contains("lodger_node_agent_idle -1"), "{}", m.body);
         server.abort();
     }
 

@@ -21,22 +21,9 @@ pub fn endpoints(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Endpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
+    use lodger_telemetry::testing::get;
     use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::sync::CancellationToken;
-
-    async fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
 
     /// The endpoints answer on loopback: health always, readiness only once ready (and again
     /// 503 when cleared, as when a follower becomes leader and syncs), metrics in OpenMetrics
@@ -53,20 +40,21 @@ mod tests {
             endpoints(Arc::new(Metrics::default()), ready.clone()),
             stop.clone().cancelled_owned(),
         ));
-        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert_eq!(get(addr, "/healthz").await.status, 200);
         let r = get(addr, "/readyz").await;
-        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
-        assert!(r.ends_with("\r\n\r\nnot ready"), "{r}");
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.body, "not ready");
         ready.store(true, Ordering::Relaxed);
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert_eq!(get(addr, "/readyz").await.status, 200);
         ready.store(false, Ordering::Relaxed);
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        assert_eq!(get(addr, "/readyz").await.status, 503);
         let m = get(addr, "/metrics").await;
-        assert!(
-            m.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            "{m}"
+        assert_eq!(
+            m.header("content-type"),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            "{m:?}"
         );
-        assert!(m.contains("lodger_operator_parked_jobs"), "{m}");
+        assert!(m.body.contains("lodger_operator_parked_jobs"), "{}", m.body);
         stop.cancel();
         task.await.unwrap().unwrap();
     }

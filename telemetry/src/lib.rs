@@ -162,59 +162,17 @@ pub async fn serve_on(
         .map_err(HttpError::Serve)
 }
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
 #[cfg(test)]
 mod tests {
+    use super::testing::get;
     use super::*;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicU64;
     use std::sync::mpsc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::sync::CancellationToken;
-
-    /// One HTTP/1.1 answer, read to the end of the connection.
-    #[derive(Debug)]
-    struct Answer {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: String,
-    }
-
-    impl Answer {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-    }
-
-    async fn get(addr: SocketAddr, path: &str) -> Answer {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").expect("a complete HTTP answer");
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.strip_prefix("HTTP/1.1 "))
-            .and_then(|l| l.get(..3))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP/1.1 status line in {out:?}"));
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-            .collect();
-        Answer {
-            status,
-            headers,
-            body: body.to_string(),
-        }
-    }
 
     async fn loopback() -> (TcpListener, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

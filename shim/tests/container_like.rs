@@ -37,11 +37,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, SHIM, TESTJOB, Tick, job, ticks};
+use common::{PATIENCE, SHIM, TESTJOB, Tick, checkpoint_op, control_call, job, ticks, wait_exit};
 use lodger_api::{CHECKPOINT_MOUNT_PATH, CONTROL_MOUNT_PATH, TOOLS_MOUNT_PATH};
 use lodger_shim::control::{
-    self, CheckpointOutcome, CheckpointRequest, Op, PageCheckState, Reply, SignalDisposition,
-    Strategy,
+    self, CheckpointOutcome, Op, PageCheckState, Reply, SignalDisposition, Strategy,
 };
 
 const SIGUSR1: i32 = 10;
@@ -439,34 +438,11 @@ impl Pod {
 
     fn call(&self, op: Op) -> Reply {
         let socket = self.dir.join("control").join(control::SOCKET_NAME);
-        let deadline = Instant::now() + PATIENCE;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        loop {
-            match rt.block_on(control::call(&socket, op.clone(), PATIENCE)) {
-                Ok(reply) => return reply,
-                Err(control::ClientError::Connect { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!(
-                    "control call failed: {e}; stderr: {:?}",
-                    self.stderr.snapshot()
-                ),
-            }
-        }
+        control_call(&socket, op, || self.stderr.snapshot())
     }
 
     fn checkpoint(&self, path: &str, seq: u64, strategy: Strategy) -> CheckpointOutcome {
-        match self.call(Op::Checkpoint(CheckpointRequest {
-            path: path.into(),
-            strategy,
-            leave_running: false,
-            job: job(),
-            seq,
-            deadline_ms: 120_000,
-        })) {
+        match self.call(checkpoint_op(path, seq, strategy, false)) {
             Reply::Checkpointed(o) => o,
             other => panic!(
                 "checkpoint failed: {other:?}; stderr: {:?}",
@@ -491,22 +467,12 @@ impl Pod {
 
     /// Waits for the pod to end; returns the shim's exit code.
     fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.exited = true;
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pod did not exit; stderr: {:?}",
-                self.stderr.snapshot()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let stderr = Arc::clone(&self.stderr);
+        let status = wait_exit(&mut self.child, &mut self.readers, "pod", || {
+            stderr.snapshot()
+        });
+        self.exited = true;
+        status.code().unwrap_or(-1)
     }
 }
 

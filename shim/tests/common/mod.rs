@@ -234,24 +234,7 @@ impl Node {
 
     /// One control request; waits for the socket to appear first.
     pub fn call(&self, op: Op) -> Reply {
-        let socket = self.socket();
-        let deadline = Instant::now() + PATIENCE;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        loop {
-            match rt.block_on(control::call(&socket, op.clone(), PATIENCE)) {
-                Ok(reply) => return reply,
-                Err(control::ClientError::Connect { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!(
-                    "control call failed: {e}; stderr: {:?}",
-                    self.stderr.snapshot()
-                ),
-            }
-        }
+        control_call(&self.socket(), op, || self.stderr.snapshot())
     }
 
     pub fn checkpoint(
@@ -261,14 +244,7 @@ impl Node {
         strategy: Strategy,
         leave_running: bool,
     ) -> Reply {
-        self.call(Op::Checkpoint(CheckpointRequest {
-            path: path.into(),
-            strategy,
-            leave_running,
-            job: job(),
-            seq,
-            deadline_ms: 120_000,
-        }))
+        self.call(checkpoint_op(path, seq, strategy, leave_running))
     }
 
     pub fn signal(&self, signo: i32, seq: u64) -> Reply {
@@ -277,22 +253,12 @@ impl Node {
 
     /// Waits for the node to end; returns the shim's exit code.
     pub fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.status = Some(status);
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node did not exit; stderr: {:?}",
-                self.stderr.snapshot()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let stderr = Arc::clone(&self.stderr);
+        let status = wait_exit(&mut self.child, &mut self.readers, "node", || {
+            stderr.snapshot()
+        });
+        self.status = Some(status);
+        status.code().unwrap_or(-1)
     }
 }
 
@@ -302,6 +268,62 @@ impl Drop for Node {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// One control request to the shim listening on `socket`, waiting for the socket to appear
+/// first; panics with `stderr()` (the shim's log) on any other failure.
+pub fn control_call(socket: &Path, op: Op, stderr: impl Fn() -> Vec<String>) -> Reply {
+    let deadline = Instant::now() + PATIENCE;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    loop {
+        match rt.block_on(control::call(socket, op.clone(), PATIENCE)) {
+            Ok(reply) => return reply,
+            Err(control::ClientError::Connect { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("control call failed: {e}; stderr: {:?}", stderr()),
+        }
+    }
+}
+
+/// The checkpoint request the tests send: the test job, a 120 s deadline.
+pub fn checkpoint_op(path: &str, seq: u64, strategy: Strategy, leave_running: bool) -> Op {
+    Op::Checkpoint(CheckpointRequest {
+        path: path.into(),
+        strategy,
+        leave_running,
+        job: job(),
+        seq,
+        deadline_ms: 120_000,
+    })
+}
+
+/// Waits (at most [`PATIENCE`]) for `child` to exit, then for its output readers to drain;
+/// panics with `what` and `stderr()` if it does not.
+pub fn wait_exit(
+    child: &mut Child,
+    readers: &mut Vec<std::thread::JoinHandle<()>>,
+    what: &str,
+    stderr: impl Fn() -> Vec<String>,
+) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            for r in readers.drain(..) {
+                let _ = r.join();
+            }
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not exit; stderr: {:?}",
+            stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
